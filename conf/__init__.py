@@ -1,0 +1,1 @@
+"""ftlight configuration groups (YAML)."""

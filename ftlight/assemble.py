@@ -1,0 +1,160 @@
+"""Build every object of a run from its config group, in the order the data flow needs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ftlight.errors import ConfigError
+from ftlight.module import FineTuneModule
+from ftlight.utils import timed
+
+log = logging.getLogger("ftlight")
+
+
+@dataclass
+class Run:
+    """The objects of one run, built once and passed in; nothing reads the config later."""
+
+    cfg: DictConfig
+    run_dir: Path
+    strategy: Any
+    source: Any
+    task: Any
+    tokenizer: Any
+    data: Any
+    module: FineTuneModule
+    trainer: L.Trainer
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Score the current model on ``split`` with the task's metrics (generation included)."""
+        self.module.generate_in_eval = True
+        self.module.reset_metrics()
+        if split == "test":
+            self.trainer.test(self.module, datamodule=self.data, verbose=False)
+        else:
+            self.trainer.validate(self.module, datamodule=self.data, verbose=False)
+        self.module.generate_in_eval = False
+        values = dict(self.module.last_eval)
+        self.module.val_metrics.clear()
+        return values
+
+    def finish(
+        self, before: dict[str, float], after: dict[str, float], export: bool, plots: bool
+    ) -> Any:
+        """Export, write ``metrics.json`` and plots, print the table (rank 0 only)."""
+        from ftlight.evaluation.report import format_table, model_card, plot_run, write_metrics
+        from ftlight.export import ModelSaver
+        from ftlight.train import RunResult
+
+        params = {k: v for k, v in self.strategy.describe(self.module.model).items()}
+        throughput = {}
+        history: list[tuple[int, float]] = []
+        val_history: list[tuple[int, float]] = []
+        for cb in self.trainer.callbacks:
+            if hasattr(cb, "summary") and hasattr(cb, "loss_history"):
+                throughput = {
+                    k: cb.summary.get(k, 0.0)
+                    for k in ("real_tokens_per_s", "mfu", "peak_memory_mb")
+                }
+                history, val_history = cb.loss_history(), cb.val_losses
+        payload: dict[str, Any] = {
+            "strategy": self.strategy.name,
+            "task": self.task.name,
+            "model": self.source.display_name,
+            "data": self.data.describe(),
+            "params": {"trainable": int(params["trainable"]), "total": int(params["total"])},
+            "before": before,
+            "after": after,
+            "throughput": throughput,
+            "train": {
+                "steps": int(self.trainer.global_step),
+                "final_loss": history[-1][1] if history else None,
+                "data_stats": self.data.stats,
+            },
+        }
+        exports: dict[str, Path] = {}
+        if self.trainer.is_global_zero:
+            print("\n" + format_table(before, after) + "\n", flush=True)
+            if export:
+                meta = {
+                    "base_model": self.source.display_name,
+                    "strategy": self.strategy.name,
+                    "task": self.task.name,
+                    "data": self.data.describe(),
+                    "params": payload["params"],
+                    "labels": self.data.labels.names if self.data.labels else None,
+                    "config_yaml": OmegaConf.to_yaml(self.cfg, resolve=False),
+                }
+                card = model_card(meta, before, after)
+                saver = ModelSaver(self.tokenizer, {k: v for k, v in meta.items() if k != "config_yaml"}, card)
+                with timed("export", log):
+                    exports = self.strategy.export(self.module.model, saver, self.run_dir)
+                payload["exports"] = {k: str(v) for k, v in exports.items()}
+            write_metrics(self.run_dir / "metrics.json", payload)
+            if plots:
+                plot_run(self.run_dir, before, after, history, val_history)
+            log.info("run folder: %s", self.run_dir)
+        return RunResult(
+            run_dir=self.run_dir,
+            module=self.module,
+            trainer=self.trainer,
+            data=self.data,
+            tokenizer=self.tokenizer,
+            metrics=payload,
+            exports=exports,
+        )
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Strategy, model source, tokenizer, task, data, model, module, trainer: in that order."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    run_dir = Path(cfg.run_dir)
+    strategy = instantiate(cfg.strategy)
+    task = instantiate(cfg.task)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    strategy.validate(trainer_cfg, task)
+    source = instantiate(cfg.model)
+    data = instantiate(cfg.data)
+    with timed("load tokenizer", log):
+        tokenizer = source.load_tokenizer()
+    data.bind(tokenizer, task)
+    with timed("prepare data", log):
+        data.prepare()
+    task.configure(tokenizer, data.references(cfg.eval.split))
+    kwargs = {**task.model_kwargs(data.labels), **strategy.load_kwargs(task)}
+    if task.kind == "classification":
+        kwargs["pad_token_id"] = tokenizer.pad_token_id
+    model = source.load(task.auto_class(), **kwargs)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    module = FineTuneModule(
+        model=model,
+        strategy=strategy,
+        task=task,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    from ftlight.checkpoint import AtomicCheckpointIO
+
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+    )
+    if not isinstance(trainer, L.Trainer):
+        raise ConfigError("trainer config must build a lightning.pytorch.Trainer")
+    return Run(cfg, run_dir, strategy, source, task, tokenizer, data, module, trainer)

@@ -1,0 +1,109 @@
+"""Callbacks: real-token throughput, MFU, peak memory and the loss history of a run."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from ftlight.perf import flops_per_token, peak_flops
+
+
+class ThroughputMonitor(L.Callback):
+    """Counts real (non-padding) tokens without a host sync per step; logs tokens/s and MFU.
+
+    The first ``warmup_steps`` optimizer steps are left out of the run's figures.
+    """
+
+    def __init__(self, log_every_n_steps: int = 5, warmup_steps: int = 2) -> None:
+        self.log_every_n_steps = max(1, log_every_n_steps)
+        self.warmup_steps = warmup_steps
+        self.losses: list[tuple[int, torch.Tensor]] = []
+        self.val_losses: list[tuple[int, float]] = []
+        self._tokens = torch.zeros((), dtype=torch.long)
+        self._window_tokens = torch.zeros((), dtype=torch.long)
+        self._timed_tokens = 0
+        self._t0: float | None = None
+        self._window_t0: float | None = None
+        self._timed_s = 0.0
+        self._flops_per_token = 0.0
+        self.summary: dict[str, float] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Work out FLOPs per token for this model and strategy."""
+        info = pl_module.strategy.describe(pl_module.model)
+        self._flops_per_token = flops_per_token(info["total"], info["trainable"])
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Accumulate tokens (a device tensor) and the loss; sync only every few steps."""
+        mask = batch.get("attention_mask")
+        ntok = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
+        self._tokens = self._tokens.to(ntok.device) + ntok
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.losses.append((trainer.global_step, loss.detach()))
+        step = trainer.global_step
+        if step == self.warmup_steps and self._t0 is None:
+            self._sync(pl_module)
+            self._t0 = self._window_t0 = time.perf_counter()
+            self._timed_start_tokens = int(self._tokens)
+            self._window_tokens_start = self._timed_start_tokens
+            return
+        if self._t0 is not None and step % self.log_every_n_steps == 0 and step > self.warmup_steps:
+            self._sync(pl_module)
+            now = time.perf_counter()
+            total = int(self._tokens)
+            rate = (total - self._window_tokens_start) / max(now - self._window_t0, 1e-9)
+            self._window_t0, self._window_tokens_start = now, total
+            pl_module.log("train/tokens_per_s", rate, prog_bar=True, on_step=True)
+            if self._flops_per_token:
+                pl_module.log("train/mfu", rate * self._flops_per_token / peak_flops(pl_module.device))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Summarise the timed part of training."""
+        self._sync(pl_module)
+        total_tokens = int(self._tokens)
+        if self._t0 is not None:
+            seconds = time.perf_counter() - self._t0
+            tokens = total_tokens - self._timed_start_tokens
+        else:
+            seconds, tokens = 0.0, 0
+        rate = tokens / seconds if seconds > 0 else 0.0
+        self.summary = {
+            "real_tokens": total_tokens,
+            "real_tokens_per_s": rate,
+            "mfu": rate * self._flops_per_token / peak_flops(pl_module.device) if rate else 0.0,
+            "peak_memory_mb": peak_memory_mb(pl_module.device),
+            "timed_seconds": seconds,
+        }
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record the validation loss at this step."""
+        value = trainer.callback_metrics.get("val/loss")
+        if value is not None:
+            self.val_losses.append((trainer.global_step, float(value)))
+
+    def loss_history(self) -> list[tuple[int, float]]:
+        """(optimizer step, micro-batch training loss), as plain floats."""
+        return [(s, float(v)) for s, v in self.losses]
+
+    @staticmethod
+    def _sync(pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

@@ -1,0 +1,56 @@
+"""Hydra glue: the plugin config search path and the resolvers ftlight's YAML uses."""
+
+from __future__ import annotations
+
+import functools
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.plugins import Plugins
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import OmegaConf
+
+from ftlight.strategies.registry import conf_packages
+
+CONF_DIR = str(files("ftlight.conf"))
+
+
+def _package_dir(dotted: str) -> Path:
+    top, _, rest = dotted.partition(".")
+    base = Path(str(files(top)))
+    return base.joinpath(*rest.split(".")) if rest else base
+
+
+class StrategyConfSearchPath(SearchPathPlugin):
+    """Adds every installed plugin's conf folder (``ftlight.conf`` entry points) to Hydra."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        """Append ``file://<plugin>/conf`` for each registered plugin."""
+        for name, package in sorted(conf_packages().items()):
+            search_path.append(provider=f"ftlight-plugin-{name}", path=f"file://{_package_dir(package)}")
+
+
+@functools.cache
+def register() -> None:
+    """Register the search-path plugin and the resolvers (idempotent)."""
+    Plugins.instance().register(StrategyConfSearchPath)
+    OmegaConf.register_new_resolver("ftlight.precision", best_precision, replace=True)
+
+
+def best_precision(accelerator: str = "cpu") -> str:
+    """``bf16-mixed`` where the hardware runs bf16 matmuls fast, else ``32-true``."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))

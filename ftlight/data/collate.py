@@ -1,0 +1,246 @@
+"""Batch encoded rows: dynamic padding, sequence packing, and length-grouped batch sampling.
+
+Packed batches carry no attention_mask: transformers (5.x) detects packing from position_ids
+that restart at 0 and masks attention across sequences, but only when the model is called
+without an attention_mask and without a KV cache, i.e. with `use_cache=False`. With the
+default `use_cache=True` sequences silently attend to each other (tests/data/test_collate.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+from ftlight.errors import ConfigError, DataError
+
+IGNORE_INDEX = -100
+"""Label value the loss ignores."""
+
+
+def _round_up(length: int, multiple: int | None) -> int:
+    return length if not multiple else math.ceil(length / multiple) * multiple
+
+
+class PadCollator:
+    """Pad rows to the longest row in the batch and build attention masks."""
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        padding_side: str = "right",
+        pad_to_multiple_of: int | None = None,
+        label_pad: int = IGNORE_INDEX,
+    ) -> None:
+        if padding_side not in ("right", "left"):
+            raise ConfigError(f"padding_side={padding_side!r}; expected 'right' or 'left'.")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ConfigError(f"pad_to_multiple_of={pad_to_multiple_of} must be >= 1 or None.")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.label_pad = label_pad
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Return input_ids, attention_mask, labels (and token_type_ids) as tensors."""
+        if not rows:
+            raise ValueError("PadCollator got an empty batch")
+        length = _round_up(max(len(row["input_ids"]) for row in rows), self.pad_to_multiple_of)
+        batch = {
+            "input_ids": self._pad([row["input_ids"] for row in rows], self.pad_token_id, length),
+            "attention_mask": self._pad([[1] * len(row["input_ids"]) for row in rows], 0, length),
+        }
+        if "labels" in rows[0]:
+            batch["labels"] = self._pad([row["labels"] for row in rows], self.label_pad, length)
+        elif "label" in rows[0]:
+            batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+        if rows[0].get("token_type_ids") is not None:
+            batch["token_type_ids"] = self._pad([row["token_type_ids"] for row in rows], 0, length)
+        return batch
+
+    def _pad(self, sequences: list[Sequence[int]], value: int, length: int) -> torch.Tensor:
+        out = torch.full((len(sequences), length), value, dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            if not seq:
+                continue
+            values = torch.as_tensor(seq, dtype=torch.long)
+            if self.padding_side == "right":
+                out[i, : len(seq)] = values
+            else:
+                out[i, length - len(seq) :] = values
+        return out
+
+
+def pack_rows(rows: Sequence[dict[str, Any]] | Sequence[int], max_length: int) -> list[list[int]]:
+    """Group row indices into bins of total length <= max_length (first-fit decreasing)."""
+    lengths = [row if isinstance(row, int) else len(row["input_ids"]) for row in rows]
+    for index, length in enumerate(lengths):
+        if length > max_length:
+            raise DataError(
+                f"row {index + 1} has {length} tokens, more than the packing length "
+                f"{max_length}; encode with max_length <= {max_length} before packing."
+            )
+    # Longest first, ties by index, so the result depends only on the lengths.
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free = _FreeSpace(len(lengths), max_length)
+    for index in order:
+        slot = free.first_fit(lengths[index])
+        if slot == len(bins):
+            bins.append([])
+        bins[slot].append(index)
+        free.take(slot, lengths[index])
+    return bins
+
+
+class _FreeSpace:
+    """Segment tree over bins' free space: leftmost bin that fits, in O(log n)."""
+
+    def __init__(self, slots: int, capacity: int) -> None:
+        self.size = 1
+        while self.size < max(slots, 1):
+            self.size *= 2
+        self.tree = [capacity] * (2 * self.size)
+
+    def first_fit(self, need: int) -> int:
+        node = 1
+        while node < self.size:
+            node = 2 * node if self.tree[2 * node] >= need else 2 * node + 1
+        return node - self.size
+
+    def take(self, slot: int, amount: int) -> None:
+        node = slot + self.size
+        self.tree[node] -= amount
+        while node > 1:
+            node //= 2
+            self.tree[node] = max(self.tree[2 * node], self.tree[2 * node + 1])
+
+
+class PackCollator:
+    """Concatenate each pack of SFT rows into one row with position_ids restarting per row."""
+
+    def __init__(self, max_length: int, pad_token_id: int) -> None:
+        self.max_length = max_length
+        self.pad_token_id = pad_token_id
+
+    def __call__(
+        self, packs: Sequence[Sequence[dict[str, Any]] | dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        """Return input_ids, labels and position_ids for a batch of packs (a row is a pack of 1)."""
+        if not packs:
+            raise ValueError("PackCollator got an empty batch")
+        built = [self._pack([p] if isinstance(p, dict) else list(p)) for p in packs]
+        length = max(len(ids) for ids, _, _ in built)
+        batch = {
+            key: torch.full((len(built), length), fill, dtype=torch.long)
+            for key, fill in (("input_ids", self.pad_token_id), ("labels", IGNORE_INDEX))
+        }
+        batch["position_ids"] = torch.zeros((len(built), length), dtype=torch.long)
+        for i, (ids, labels, positions) in enumerate(built):
+            pad = length - len(ids)
+            batch["input_ids"][i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            batch["labels"][i, : len(ids)] = torch.tensor(labels, dtype=torch.long)
+            # Padding restarts at 0 too: it is its own "sequence", which nothing attends to.
+            batch["position_ids"][i] = torch.tensor(positions + list(range(pad)))
+        return batch
+
+    def _pack(self, rows: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for row in rows:
+            row_ids = list(row["input_ids"])
+            row_labels = list(row["labels"])
+            if len(row_labels) != len(row_ids):
+                raise DataError("a row's labels and input_ids differ in length")
+            if row_ids:
+                # HF shifts labels: the first label would be predicted from the previous row.
+                row_labels[0] = IGNORE_INDEX
+            ids += row_ids
+            labels += row_labels
+            positions += range(len(row_ids))
+        if len(ids) > self.max_length:
+            raise DataError(
+                f"a pack holds {len(ids)} tokens, more than max_length={self.max_length}; "
+                "build packs with pack_rows(rows, max_length)."
+            )
+        return ids, labels, positions
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length rows in shuffled order, deterministic per seed and epoch."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
+        mega_batch_mult: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if batch_size < 1 or mega_batch_mult < 1:
+            raise ConfigError(
+                f"batch_size={batch_size} and mega_batch_mult={mega_batch_mult} must be >= 1."
+            )
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ConfigError(f"rank={rank} must be in [0, num_replicas={num_replicas}).")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.mega_batch_mult = mega_batch_mult
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use a different (but reproducible) order for this epoch."""
+        self.epoch = epoch
+
+    def _num_batches(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __len__(self) -> int:
+        """Number of batches this rank yields per epoch."""
+        total = self._num_batches()
+        if self.drop_last:
+            return total // self.num_replicas
+        return math.ceil(total / self.num_replicas)
+
+    def all_batches(self) -> list[list[int]]:
+        """Every batch of this epoch for all ranks, before the per-rank split."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        n = len(self.lengths)
+        if self.shuffle:
+            indices = torch.randperm(n, generator=generator).tolist()
+        else:
+            indices = list(range(n))
+        mega = self.batch_size * self.mega_batch_mult
+        batches: list[list[int]] = []
+        for start in range(0, n, mega):
+            group = sorted(indices[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle and batches:
+            order = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[i] for i in order]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield this rank's batches: every num_replicas-th batch starting at rank."""
+        batches = self.all_batches()
+        per_rank = len(self)
+        needed = per_rank * self.num_replicas
+        if batches and needed > len(batches):
+            # Repeat batches from the start so every rank runs the same number of steps.
+            batches += [batches[i % len(batches)] for i in range(needed - len(batches))]
+        yield from batches[: needed][self.rank :: self.num_replicas]

@@ -1,0 +1,344 @@
+"""The data module: records -> examples -> token ids -> batches, for one task and tokenizer."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ftlight.errors import ConfigError, DataError
+from ftlight.tasks.base import LabelInfo, Task
+
+log = logging.getLogger("ftlight.data")
+
+SPLITS = ("train", "validation", "test")
+
+
+class FineTuneData(L.LightningDataModule):
+    """Shared behaviour of every data source; subclasses only say where records come from.
+
+    Call ``bind(tokenizer, task)`` then ``prepare()`` (``train()`` does both); the encoded
+    splits, label names and validation references are then available before any training.
+    """
+
+    def __init__(
+        self,
+        format: str = "alpaca",
+        fields: Mapping[str, str] | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        max_length: int | None = 1024,
+        val_fraction: float = 0.1,
+        max_eval_samples: int | None = None,
+        seed: int = 0,
+        packing: bool = False,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+        self.format_name = format
+        self.fields = dict(fields or {})
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_length = max_length
+        self.val_fraction = val_fraction
+        self.max_eval_samples = max_eval_samples
+        self.seed = seed
+        self.packing = packing
+        self.group_by_length = group_by_length
+        self.num_workers = num_workers
+        self.tokenizer: Any = None
+        self.task: Task | None = None
+        self.encoded: dict[str, list[dict[str, Any]]] = {}
+        self.labels: LabelInfo | None = None
+        self.stats: dict[str, Any] = {}
+
+    # -- where records come from (subclasses) ---------------------------------------------
+    def load_records(self) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+        """Split name -> (source name for messages, raw records). ``validation`` optional."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line naming the data, for logs and the model card."""
+        return type(self).__name__
+
+    # -- preparation ----------------------------------------------------------------------
+    def bind(self, tokenizer: Any, task: Task) -> FineTuneData:
+        """Attach the tokenizer and the task; must precede ``prepare``."""
+        self.tokenizer = tokenizer
+        self.task = task
+        return self
+
+    def prepare(self) -> None:
+        """Read, parse, split, map labels and tokenize every split (once)."""
+        if self.encoded:
+            return
+        if self.tokenizer is None or self.task is None:
+            raise RuntimeError("call bind(tokenizer, task) before prepare()")
+        from ftlight.data.formats import get_format
+
+        fmt = get_format(self.format_name, **self.fields)
+        if fmt.kind != self.task.kind:
+            raise ConfigError(
+                f"data.format={self.format_name} gives {fmt.kind} examples but "
+                f"task={self.task.name} needs {self.task.kind} examples. Use "
+                + (
+                    "data.format=text_label"
+                    if self.task.kind == "classification"
+                    else "data.format=alpaca|chat|prompt_completion"
+                )
+            )
+        raw = self.load_records()
+        if "train" not in raw:
+            raise DataError("no training data: set data.train_path")
+        examples: dict[str, list[tuple[str, Any]]] = {}
+        for split, (source, records) in raw.items():
+            if not records:
+                raise DataError(f"{source} has no rows; the {split} split needs at least one")
+            examples[split] = [
+                (f"{source} row {i + 1}", fmt.parse(rec, f"{source} row {i + 1}"))
+                for i, rec in enumerate(records)
+            ]
+        if "validation" not in examples:
+            examples["train"], examples["validation"] = self._hold_out(examples["train"])
+        if self.max_eval_samples:
+            for split in ("validation", "test"):
+                if split in examples:
+                    examples[split] = examples[split][: self.max_eval_samples]
+        if self.task.kind == "classification":
+            self.labels = _label_info([ex.label for _, ex in examples["train"]])
+            ids = {name: i for i, name in enumerate(self.labels.names)}
+            for split, rows in examples.items():
+                for where, ex in rows:
+                    if _label_key(ex.label) not in ids:
+                        raise DataError(
+                            f"{where}: label {ex.label!r} never appears in the training data "
+                            f"(training labels: {', '.join(self.labels.names)}). Fix the label "
+                            "or add training rows with it."
+                        )
+            self._label_ids = ids
+        for split, rows in examples.items():
+            self.encoded[split] = self._encode(split, rows)
+
+    def _hold_out(self, rows: list[Any]) -> tuple[list[Any], list[Any]]:
+        if len(rows) < 2:
+            raise DataError(
+                "cannot hold out a validation split from a single training row; "
+                "add rows or set data.val_path"
+            )
+        order = list(range(len(rows)))
+        random.Random(self.seed).shuffle(order)
+        n_val = max(1, round(len(rows) * self.val_fraction))
+        val = sorted(order[:n_val])
+        train = sorted(order[n_val:])
+        log.info("held out %d of %d training rows for validation (seed %d)", n_val, len(rows), self.seed)
+        return [rows[i] for i in train], [rows[i] for i in val]
+
+    def _encode(self, split: str, rows: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        from ftlight.data.encode import encode_classification, encode_sft
+
+        out: list[dict[str, Any]] = []
+        truncated = dropped = 0
+        for _, ex in rows:
+            if self.task.kind == "classification":
+                enc = encode_classification(
+                    ex, self.tokenizer, self._label_ids[_label_key(ex.label)], self.max_length
+                )
+                row: dict[str, Any] = {"input_ids": enc.input_ids, "label": enc.label}
+                if enc.token_type_ids is not None:
+                    row["token_type_ids"] = enc.token_type_ids
+            else:
+                enc = encode_sft(ex, self.tokenizer, self.max_length)
+                if enc is None:
+                    dropped += 1
+                    continue
+                row = {"input_ids": enc.input_ids, "labels": enc.labels}
+                if split != "train":
+                    row.update(_prompt_and_reference(enc.input_ids, enc.labels, self.tokenizer))
+            truncated += int(enc.truncated)
+            out.append(row)
+        self.stats[split] = {"rows": len(out), "truncated": truncated, "dropped": dropped}
+        if truncated or dropped:
+            log.warning(
+                "%s: %d of %d rows longer than data.max_length=%s were truncated; %d dropped "
+                "(no response token left). Raise data.max_length to keep them whole.",
+                split, truncated, len(rows), self.max_length, dropped,
+            )
+        if not out:
+            raise DataError(
+                f"the {split} split is empty after tokenisation: every row lost its response "
+                f"to data.max_length={self.max_length}. Raise data.max_length."
+            )
+        return out
+
+    # -- what the rest of the run reads ---------------------------------------------------
+    def references(self, split: str = "validation") -> list[str]:
+        """Reference answers of an SFT split, in the order they are evaluated."""
+        return [r["reference"] for r in self.encoded.get(split, []) if "reference" in r]
+
+    def num_train_tokens(self) -> int:
+        """Real (non-padding) tokens in the training split."""
+        return sum(len(r["input_ids"]) for r in self.encoded["train"])
+
+    # -- Lightning hooks ------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Prepare if ``train()`` has not already (e.g. when driven by a bare Trainer)."""
+        self.prepare()
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def train_dataloader(self) -> DataLoader:
+        """Length-grouped (or packed) batches with dynamic padding, sharded across ranks."""
+        from ftlight.data.collate import (
+            LengthGroupedBatchSampler,
+            PackCollator,
+            PadCollator,
+            pack_rows,
+        )
+
+        rows = self.encoded["train"]
+        world, rank = self._world()
+        pad_id = self.tokenizer.pad_token_id
+        if self.packing and self.task.kind == "sft":
+            if not self.max_length:
+                raise ConfigError("data.packing=true needs data.max_length (the packed row size)")
+            bins = pack_rows(rows, self.max_length)
+            items: list[Any] = [[rows[i] for i in b] for b in bins]
+            lengths = [sum(len(r["input_ids"]) for r in b) for b in items]
+            collate: Any = PackCollator(self.max_length, pad_id)
+        else:
+            items = rows
+            lengths = [len(r["input_ids"]) for r in rows]
+            collate = PadCollator(pad_id)
+        if self.group_by_length:
+            sampler: Any = LengthGroupedBatchSampler(
+                lengths, self.batch_size, shuffle=True, seed=self.seed, num_replicas=world, rank=rank
+            )
+        else:
+            sampler = _ShuffledBatches(len(items), self.batch_size, self.seed, world, rank)
+        return DataLoader(
+            items,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        from ftlight.data.collate import PadCollator
+
+        rows = self.encoded[split]
+        world, _ = self._world()
+        sampler = DistributedSampler(rows, shuffle=False) if world > 1 else None
+        return DataLoader(
+            rows,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=EvalCollator(PadCollator(self.tokenizer.pad_token_id)),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """The validation split, unshuffled, with prompts for generation."""
+        return self._eval_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split (if the data has one)."""
+        if "test" not in self.encoded:
+            raise ConfigError("this data has no test split: set data.test_path")
+        return self._eval_loader("test")
+
+
+class EvalCollator:
+    """Pads rows for the loss and, for SFT rows, left-pads their prompts for generation."""
+
+    def __init__(self, pad: Any) -> None:
+        self.pad = pad
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collate a list of encoded rows."""
+        keep = ("input_ids", "labels", "label", "token_type_ids")
+        batch = self.pad([{k: r[k] for k in keep if k in r} for r in rows])
+        if rows and "prompt_ids" in rows[0]:
+            width = max(len(r["prompt_ids"]) for r in rows)
+            pad_id = self.pad.pad_token_id
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                n = len(r["prompt_ids"])
+                ids[i, width - n :] = torch.tensor(r["prompt_ids"])
+                mask[i, width - n :] = 1
+            batch["gen_input_ids"] = ids
+            batch["gen_attention_mask"] = mask
+            batch["references"] = [r["reference"] for r in rows]
+        return batch
+
+
+class _ShuffledBatches(torch.utils.data.Sampler):
+    """Plain shuffled batches (seed + epoch), sharded across ranks; used without grouping."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, world: int, rank: int) -> None:
+        self.n, self.batch_size, self.seed, self.world, self.rank = n, batch_size, seed, world, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle differently each epoch."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        order = list(range(self.n))
+        random.Random(self.seed + self.epoch).shuffle(order)
+        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        per_rank = -(-len(batches) // self.world)
+        batches += batches[: per_rank * self.world - len(batches)]
+        return batches[self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return -(-(-(-self.n // self.batch_size)) // self.world)
+
+
+def _label_key(label: Any) -> str:
+    return str(label).strip()
+
+
+def _label_info(labels: list[Any]) -> LabelInfo:
+    names = sorted({_label_key(x) for x in labels})
+    if all(_is_int(n) for n in names):
+        names.sort(key=int)
+    return LabelInfo(names=names)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _prompt_and_reference(input_ids: list[int], labels: list[int], tokenizer: Any) -> dict[str, Any]:
+    """Split an SFT row at its last answer: prompt ids for generation, reference text."""
+    end = len(labels)
+    while end > 0 and labels[end - 1] == -100:
+        end -= 1
+    start = end
+    while start > 0 and labels[start - 1] != -100:
+        start -= 1
+    reference = tokenizer.decode(input_ids[start:end], skip_special_tokens=True).strip()
+    return {"prompt_ids": input_ids[:start], "reference": reference}

@@ -1,0 +1,224 @@
+"""Read a data file (jsonl, json, csv, tsv, parquet; optionally gzipped) into a list of records."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from ftlight.errors import DataError
+
+SUPPORTED_EXTENSIONS = (
+    ".jsonl",
+    ".json",
+    ".csv",
+    ".tsv",
+    ".parquet",
+    ".jsonl.gz",
+    ".json.gz",
+    ".csv.gz",
+    ".tsv.gz",
+)
+"""File name endings `read_records` understands, longest match wins."""
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read every row of a data file as a dict; the reader is chosen by the file extension."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(
+            f"data file '{path}' does not exist. Check the path (relative paths are resolved "
+            f"from '{Path.cwd()}')."
+        )
+    if not path.is_file():
+        raise DataError(f"data path '{path}' is not a file; point it at a {_supported()} file.")
+    extension = _extension(path)
+    reader = _READERS.get(extension)
+    if reader is None:
+        raise DataError(
+            f"data file '{path}' has an unsupported extension; supported: {_supported()}. "
+            "Convert the file or rename it to the matching extension."
+        )
+    try:
+        records = reader(path)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"data file '{path}' is not UTF-8 text ({err.reason} at byte {err.start}); "
+            "re-save it as UTF-8."
+        ) from err
+    except (OSError, EOFError) as err:
+        raise DataError(f"data file '{path}' cannot be read: {err}") from err
+    if not records:
+        raise DataError(f"data file '{path}' has no rows; add data or fix the path.")
+    return records
+
+
+def _supported() -> str:
+    return ", ".join(SUPPORTED_EXTENSIONS)
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    matches = [ext for ext in SUPPORTED_EXTENSIONS if name.endswith(ext)]
+    return max(matches, key=len) if matches else path.suffix.lower()
+
+
+def _open_text(path: Path, encoding: str = "utf-8", newline: str | None = None) -> IO[str]:
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding=encoding, newline=newline)
+    return open(path, encoding=encoding, newline=newline)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with _open_text(path, encoding="utf-8-sig") as handle:
+        return list(_iter_jsonl(handle, path))
+
+
+def _iter_jsonl(lines: Iterator[str] | IO[str], path: Path) -> Iterator[dict[str, Any]]:
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{path} line {line_number}: not valid JSON ({err.msg} at column {err.colno}). "
+                "Each line of a .jsonl file must hold one complete JSON object; fix or delete "
+                "that line."
+            ) from err
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path} line {line_number}: is {_kind(record)}, expected a JSON object such as "
+                '{"instruction": "...", "output": "..."}.'
+            )
+        yield record
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    with _open_text(path, encoding="utf-8-sig") as handle:
+        text = handle.read()
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":
+            # Many ".json" files are really JSON Lines; read them as such rather than fail.
+            return list(_iter_jsonl(iter(text.splitlines()), path))
+        raise DataError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}). "
+            "Fix the file, or save it as .jsonl with one object per line."
+        ) from err
+    if isinstance(data, dict):
+        lists = [key for key, value in data.items() if _is_list_of_objects(value)]
+        if len(lists) != 1:
+            found = f"{len(lists)} ({', '.join(lists)})" if lists else "none"
+            raise DataError(
+                f"{path}: the top-level object must hold exactly one list of row objects, "
+                f'such as {{"data": [...]}}; found {found} among keys {sorted(data)}. '
+                "Save the rows as a top-level JSON list instead."
+            )
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise DataError(
+            f"{path}: top level is {_kind(data)}, expected a list of objects "
+            '([{"...": "..."}, ...]) or an object holding one such list.'
+        )
+    for number, record in enumerate(data, start=1):
+        if not isinstance(record, dict):
+            raise DataError(f"{path} row {number}: is {_kind(record)}, expected a JSON object.")
+    return data
+
+
+def _is_list_of_objects(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
+    old_limit = csv.field_size_limit()
+    _raise_field_size_limit()
+    try:
+        with _open_text(path, encoding="utf-8-sig", newline="") as handle:
+            return _parse_delimited(handle, path, delimiter)
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _raise_field_size_limit() -> None:
+    # csv's 128 KiB default rejects long documents; sys.maxsize overflows a C long on Windows.
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 2
+
+
+def _parse_delimited(handle: IO[str], path: Path, delimiter: str) -> list[dict[str, Any]]:
+    reader = csv.reader(handle, delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        if duplicates:
+            raise DataError(
+                f"{path}: the header repeats column(s) {duplicates}; give every column a "
+                "unique name."
+            )
+        records = []
+        for row in reader:
+            if not row:
+                continue
+            row_number = len(records) + 1
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path} row {row_number} (line {reader.line_num}): has {len(row)} "
+                    f"values but the header has {len(header)} columns {header}. Quote fields "
+                    'that contain the delimiter, newlines or quotes ("a, b"; a quote inside '
+                    'a quoted field is written "").'
+                )
+            records.append(dict(zip(header, row, strict=True)))
+    except csv.Error as err:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise DataError(
+            f"{path} line {reader.line_num}: malformed {kind} ({err}). "
+            "Check the quoting around that line."
+        ) from err
+    return records
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: cannot be read as Parquet ({err}).") from err
+    return table.to_pylist()
+
+
+_READERS: dict[str, Callable[[Path], list[dict[str, Any]]]] = {
+    ".jsonl": _read_jsonl,
+    ".jsonl.gz": _read_jsonl,
+    ".json": _read_json,
+    ".json.gz": _read_json,
+    ".csv": lambda path: _read_delimited(path, ","),
+    ".csv.gz": lambda path: _read_delimited(path, ","),
+    ".tsv": lambda path: _read_delimited(path, "\t"),
+    ".tsv.gz": lambda path: _read_delimited(path, "\t"),
+    ".parquet": _read_parquet,
+}

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, generation-based scoring and the before/after report."""

@@ -1,0 +1,173 @@
+"""``FineTuneModule``: the LightningModule that trains any HF model under a strategy plugin."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from ftlight.strategies.base import Strategy
+from ftlight.tasks.base import Task
+
+log = logging.getLogger("ftlight")
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "token_type_ids", "position_ids")
+
+
+class FineTuneModule(L.LightningModule):
+    """Forward, steps, metrics and checkpoint contents; the strategy decides what trains.
+
+    ``optimizer`` is a partial taking the parameters; ``scheduler`` a partial taking the
+    optimizer and the total number of optimizer steps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: Strategy,
+        task: Task,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.strategy = strategy
+        self.task = task
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.weight_decay = weight_decay
+        self.generate_in_eval = False
+        self.strict_loading = False  # checkpoints hold only the strategy's trainable state
+        self._applied = False
+        self.val_metrics = nn.ModuleDict()
+        self.tokens_seen = torch.zeros((), dtype=torch.long)
+
+    # -- model set-up ---------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Apply the strategy once, before any sharding; then shard if FSDP2 is in use."""
+        if not self._applied:
+            self.model = self.strategy.apply(self.model, self.task)
+            self._applied = True
+            info = self.strategy.describe(self.model)
+            log.info(
+                "strategy=%s: %s trainable of %s parameters (%.2f%%)",
+                self.strategy.name,
+                f"{info['trainable']:,}",
+                f"{info['total']:,}",
+                100.0 * info["trainable"] / max(info["total"], 1),
+            )
+        mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
+        if mesh is not None and "data_parallel" in mesh.mesh_dim_names:
+            from torch.distributed.fsdp import fully_shard
+
+            dp = mesh["data_parallel"]
+            for block in self.strategy.shard_units(self.model):
+                fully_shard(block, mesh=dp)
+            fully_shard(self.model, mesh=dp)
+
+    def reset_metrics(self) -> None:
+        """Fresh metrics for the next evaluation pass (the task may have learnt its fields)."""
+        self.val_metrics = nn.ModuleDict(self.task.metrics()).to(self.device)
+
+    # -- steps ----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> Any:
+        """Run the wrapped model on the model inputs of a batch."""
+        return self.model(**{k: batch[k] for k in _MODEL_INPUTS if k in batch}, use_cache=False)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One micro-batch: HF loss, logged without a host sync."""
+        out = self(batch)
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False)
+        mask = batch.get("attention_mask")
+        ntok = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
+        self.tokens_seen = self.tokens_seen.to(ntok.device) + ntok
+        return out.loss
+
+    def on_validation_model_eval(self) -> None:
+        """Eval mode, then let the strategy fix up layers that must not switch (4-bit on CPU)."""
+        super().on_validation_model_eval()
+        self.strategy.prepare_for_eval(self.model)
+
+    def on_test_model_eval(self) -> None:
+        """As for validation."""
+        super().on_test_model_eval()
+        self.strategy.prepare_for_eval(self.model)
+
+    def on_validation_epoch_start(self) -> None:
+        """Start a clean metric pass."""
+        if not len(self.val_metrics):
+            self.reset_metrics()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Loss and task metrics; generation-based scores during before/after evaluation."""
+        out = self(batch)
+        gen_model = self.model if self.generate_in_eval else None
+        self.task.update_metrics(self._metrics(), batch, out, model=gen_model)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log every metric as ``val/<name>``."""
+        values = self.task.compute_metrics(self._metrics())
+        for key, value in values.items():
+            # metric objects already reduced across ranks in compute()
+            self.log(f"val/{key}", value, prog_bar=key == "loss")
+        self.last_eval = values
+
+    test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_epoch_end = on_validation_epoch_end
+
+    def _metrics(self) -> dict[str, Any]:
+        return dict(self.val_metrics.items())
+
+    # -- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        """Optimizer over exactly the strategy's trainable parameters (+ scheduler per step)."""
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        if not decay and not no_decay:
+            from ftlight.errors import ConfigError
+
+            raise ConfigError(f"strategy={self.strategy.name} left no trainable parameters")
+        groups = [{"params": decay, "weight_decay": self.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only what the strategy says must be saved (adapters + head for PEFT)."""
+        state = self.strategy.trainable_state_dict(self.model)
+        checkpoint["state_dict"] = {f"model.{k}": v for k, v in state.items()}
+        checkpoint["ftlight"] = {
+            "strategy": self.strategy.name,
+            "task": self.task.name,
+            "rng": torch.get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the checkpoint matches this run, load its trainable state, restore the RNG."""
+        meta = checkpoint.get("ftlight", {})
+        if meta and meta.get("strategy") != self.strategy.name:
+            from ftlight.errors import ConfigError
+
+            raise ConfigError(
+                f"checkpoint was written with strategy={meta.get('strategy')} but this run uses "
+                f"strategy={self.strategy.name}; resume with the same strategy"
+            )
+        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+        self.strategy.load_trainable_state_dict(self.model, state)
+        if "rng" in meta:
+            torch.set_rng_state(meta["rng"])

@@ -1,0 +1,43 @@
+"""FLOP accounting for MFU: model FLOPs per token and the device's measured matmul peak."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+
+def flops_per_token(total_params: int, trainable_params: int) -> float:
+    """Training FLOPs per token: forward 2N, input gradients 2N, weight gradients 2N_trainable.
+
+    Full fine-tuning gives the usual 6N; a frozen body with adapters about 4N. Attention's
+    sequence-length term is left out (small at these lengths), so MFU is slightly understated.
+    """
+    return 4.0 * total_params + 2.0 * trainable_params
+
+
+@functools.cache
+def _measured_peak(device_type: str, index: int | None, dtype: torch.dtype) -> float:
+    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
+    n = 2048 if device_type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 3 if device_type == "cpu" else 20
+    (a @ b).sum().item()
+    start = time.perf_counter()
+    for _ in range(reps):
+        c = a @ b
+    c.sum().item()
+    seconds = time.perf_counter() - start
+    return 2.0 * n**3 * reps / seconds
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype | None = None) -> float:
+    """Dense matmul FLOP/s this device reaches (measured once per process, bf16 by default)."""
+    if dtype is None:
+        from ftlight.config import cpu_has_fast_bf16
+
+        fast = device.type == "cuda" or cpu_has_fast_bf16()
+        dtype = torch.bfloat16 if fast else torch.float32
+    return _measured_peak(device.type, device.index, dtype)

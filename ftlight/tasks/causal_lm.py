@@ -1,0 +1,156 @@
+"""Supervised fine-tuning of a causal LM: loss on response tokens, generation-based scoring."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric, Metric
+from transformers import AutoModelForCausalLM
+
+from ftlight.errors import ConfigError
+from ftlight.models.introspect import head_module_names
+from ftlight.tasks.base import LabelInfo, Task
+
+
+class CausalLMTask(Task):
+    """Causal language modelling on prompt -> response examples.
+
+    Evaluation reports token loss, perplexity and next-token accuracy on the response tokens;
+    with ``generate`` on, it also decodes greedily from each prompt and scores the answer
+    (exact match; and, when every reference is a JSON object, valid-JSON rate, record exact
+    match and per-field accuracy).
+    """
+
+    name: ClassVar[str] = "causal_lm"
+    kind: ClassVar[str] = "sft"
+
+    def __init__(
+        self,
+        generate: bool = True,
+        max_new_tokens: int = 128,
+        output_format: str = "auto",
+    ) -> None:
+        if output_format not in ("auto", "text", "json"):
+            raise ConfigError(
+                f"task.output_format={output_format!r} is not one of auto, text, json"
+            )
+        self.generate = generate
+        self.max_new_tokens = max_new_tokens
+        self.output_format = output_format
+        self.json_fields: list[str] | None = None
+        self.tokenizer: Any = None
+
+    def auto_class(self) -> type:
+        """``AutoModelForCausalLM``."""
+        return AutoModelForCausalLM
+
+    def model_kwargs(self, labels: LabelInfo | None) -> dict[str, Any]:
+        """No extra arguments."""
+        return {}
+
+    def head_names(self, model: nn.Module) -> list[str]:
+        """The output embedding (``lm_head``) and anything else outside the body."""
+        return head_module_names(model)
+
+    def configure(self, tokenizer: Any, references: list[str]) -> None:
+        """Bind the tokenizer and pick the scoring of generated answers from the references."""
+        self.tokenizer = tokenizer
+        if self.output_format == "text" or not references:
+            self.json_fields = None
+            return
+        records = [_as_json_object(r) for r in references]
+        if all(r is not None for r in records):
+            fields: list[str] = []
+            for r in records:
+                fields.extend(k for k in r if k not in fields)
+            self.json_fields = fields
+        elif self.output_format == "json":
+            bad = next(i for i, r in enumerate(records) if r is None)
+            raise ConfigError(
+                f"task.output_format=json but validation reference {bad + 1} is not a JSON "
+                f"object: {references[bad][:80]!r}. Use task.output_format=text or fix the data."
+            )
+        else:
+            self.json_fields = None
+
+    def metrics(self) -> dict[str, Metric]:
+        """Loss and token accuracy always; generation scores when ``generate`` is on."""
+        metrics: dict[str, Metric] = {"loss": MeanMetric(), "token_accuracy": MeanMetric()}
+        if self.generate:
+            metrics["exact_match"] = MeanMetric()
+            if self.json_fields:
+                from ftlight.evaluation.structured import StructuredOutputMetric
+
+                metrics["json"] = StructuredOutputMetric(fields=self.json_fields)
+        return metrics
+
+    def update_metrics(
+        self,
+        metrics: dict[str, Metric],
+        batch: dict[str, Any],
+        outputs: Any,
+        model: nn.Module | None = None,
+    ) -> None:
+        """Token-weighted loss and accuracy; greedy generation when a model is passed."""
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        n = mask.sum()
+        if n > 0:
+            metrics["loss"].update(outputs.loss.detach().float(), weight=n)
+            pred = outputs.logits[:, :-1].argmax(-1)
+            metrics["token_accuracy"].update(
+                ((pred == labels) & mask).sum().float() / n, weight=n
+            )
+        if model is not None and "exact_match" in metrics and "gen_input_ids" in batch:
+            predictions = self.generate_text(
+                model, batch["gen_input_ids"], batch["gen_attention_mask"]
+            )
+            refs = batch["references"]
+            matches = torch.tensor(
+                [float(p.strip() == r.strip()) for p, r in zip(predictions, refs, strict=True)],
+                device=labels.device,
+            )
+            metrics["exact_match"].update(matches)
+            if "json" in metrics:
+                metrics["json"].update(predictions, refs)
+
+    @torch.no_grad()
+    def generate_text(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> list[str]:
+        """Greedy answers for left-padded prompts, decoded without special tokens."""
+        tok = self.tokenizer
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            eos.append(gen_eos)
+        elif isinstance(gen_eos, list):
+            eos.extend(gen_eos)
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(set(eos)) or None,
+            pad_token_id=tok.pad_token_id,
+        )
+        return tok.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+
+    def compute_metrics(self, metrics: dict[str, Metric]) -> dict[str, float]:
+        """Adds perplexity = exp(mean token loss)."""
+        out = super().compute_metrics(metrics)
+        if "loss" in out:
+            out["perplexity"] = math.exp(min(out["loss"], 50.0))
+        return out
+
+
+def _as_json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,78 @@
+"""``ftlight-train``: compose the config, fine-tune, evaluate before and after, export."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ftlight.config import CONF_DIR, register
+from ftlight.errors import FtlightError
+from ftlight.utils import timed
+
+register()
+log = logging.getLogger("ftlight")
+
+
+@dataclass
+class RunResult:
+    """What ``train`` hands back to callers (tests, notebooks)."""
+
+    run_dir: Path
+    module: Any
+    trainer: Any
+    data: Any
+    tokenizer: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, Path] = field(default_factory=dict)
+
+
+def train(cfg: DictConfig) -> RunResult:
+    """Run one fine-tuning job from a composed config (plain function; tests call it)."""
+    from ftlight.assemble import build_run
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run = build_run(cfg)
+    trainer, module, data = run.trainer, run.module, run.data
+    ev = cfg.eval
+    before: dict[str, float] = {}
+    if ev.before:
+        with timed("evaluate before training", log):
+            before = run.evaluate(ev.split)
+    module.generate_in_eval = bool(ev.generate_during_fit)
+    with timed("train", log):
+        trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    after: dict[str, float] = {}
+    if ev.after:
+        with timed("evaluate after training", log):
+            after = run.evaluate(ev.split)
+    return run.finish(before, after, export=bool(ev.export), plots=bool(ev.plots))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _main(cfg: DictConfig) -> float | None:
+    logging.getLogger("ftlight").setLevel(logging.INFO)
+    try:
+        result = train(cfg)
+    except FtlightError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+    after = result.metrics.get("after", {})
+    return after.get("loss")
+
+
+def main() -> None:
+    """Console entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The ``lora`` strategy: a frozen model plus trainable low-rank adapters (peft)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from ftlight.errors import ConfigError
+from ftlight.strategies import Strategy
+from ftlight.tasks import Task
+
+log = logging.getLogger("ftlight.strategies.lora")
+
+_TASK_TYPES = {"sft": "CAUSAL_LM", "classification": "SEQ_CLS"}
+
+
+class LoRAStrategy(Strategy):
+    """LoRA adapters of rank ``r`` on ``target_modules`` (default: every linear layer of the body).
+
+    For classification the new head trains in full and is saved with the adapter
+    (peft ``modules_to_save``).
+    """
+
+    name: ClassVar[str] = "lora"
+    produces_adapter: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.05,
+        target_modules: str | list[str] = "all-linear",
+        bias: str = "none",
+        use_rslora: bool = False,
+        use_dora: bool = False,
+    ) -> None:
+        if r < 1:
+            raise ConfigError(f"strategy.r={r} must be a positive integer (try 8, 16 or 32)")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"strategy.dropout={dropout} must be in [0, 1)")
+        self.r = r
+        self.alpha = float(alpha) if alpha is not None else float(2 * r)
+        self.dropout = dropout
+        self.target_modules = (
+            target_modules if isinstance(target_modules, str) else list(target_modules)
+        )
+        self.bias = bias
+        self.use_rslora = use_rslora
+        self.use_dora = use_dora
+
+    def lora_config(self, model: nn.Module, task: Task) -> LoraConfig:
+        """The peft config for this model and task."""
+        heads = [
+            n for n in task.head_names(model) if any(True for _ in getattr(model, n).parameters())
+        ]
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            bias=self.bias,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            task_type=_TASK_TYPES[task.kind],
+            modules_to_save=heads if task.kind == "classification" else None,
+        )
+
+    def apply(self, model: nn.Module, task: Task) -> nn.Module:
+        """Wrap the model with peft LoRA (once)."""
+        if isinstance(model, PeftModel):
+            return model
+        try:
+            return get_peft_model(model, self.lora_config(model, task))
+        except ValueError as err:
+            raise ConfigError(
+                f"strategy.target_modules={self.target_modules!r} does not fit "
+                f"{type(model).__name__}: {err}. Use 'all-linear' or names of its linear layers."
+            ) from err
+
+    def merged_model(self, model: nn.Module) -> nn.Module:
+        """Fold the adapters into the base weights (in place) and return the plain model."""
+        if isinstance(model, PeftModel):
+            return model.merge_and_unload()
+        return model
+
+    def export(
+        self, model: nn.Module, save: Callable[[nn.Module, Path], None], out_dir: Path
+    ) -> dict[str, Path]:
+        """``adapter/`` (peft format) first, then ``model/`` with the adapters merged."""
+        adapter = out_dir / "adapter"
+        save(model, adapter)
+        merged = out_dir / "model"
+        save(self.merged_model(model), merged)
+        return {"adapter": adapter, "model": merged}
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Counts plus the rank."""
+        return {**super().describe(model), "r": self.r}

@@ -1,0 +1,141 @@
+"""The ``qlora`` strategy: LoRA adapters over a base model quantised to 4-bit NF4."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from ftlight_lora import LoRAStrategy
+from peft import PeftModel
+from torch import nn
+
+from ftlight.errors import ConfigError
+from ftlight.models.sources import parse_dtype
+from ftlight.tasks import Task
+
+log = logging.getLogger("ftlight.strategies.qlora")
+
+# Heads a classification model initialises fresh: they must stay in full precision.
+CLASSIFIER_HEADS = ["classifier", "score", "pooler", "pre_classifier", "qa_outputs"]
+
+
+def _require_bitsandbytes() -> Any:
+    try:
+        import bitsandbytes
+    except ImportError as err:
+        raise ConfigError(
+            "strategy=qlora needs bitsandbytes: pip install bitsandbytes "
+            "(or pick strategy=lora, which needs no quantisation)"
+        ) from err
+    return bitsandbytes
+
+
+class QLoRAStrategy(LoRAStrategy):
+    """LoRA over a frozen 4-bit base (NF4, double quantisation; compute dtype configurable)."""
+
+    name: ClassVar[str] = "qlora"
+
+    def __init__(
+        self,
+        compute_dtype: str = "bfloat16",
+        quant_type: str = "nf4",
+        double_quant: bool = True,
+        **lora_kwargs: Any,
+    ) -> None:
+        super().__init__(**lora_kwargs)
+        if quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"strategy.quant_type={quant_type!r} is not nf4 or fp4")
+        self.compute_dtype = parse_dtype(compute_dtype)
+        self.quant_type = quant_type
+        self.double_quant = double_quant
+
+    def validate(self, trainer_cfg: Mapping[str, Any], task: Task) -> None:
+        """bitsandbytes must import; FSDP cannot shard 4-bit weights here."""
+        _require_bitsandbytes()
+        strategy = str(trainer_cfg.get("strategy", ""))
+        if "fsdp" in strategy or "model_parallel" in strategy.lower():
+            raise ConfigError(
+                "strategy=qlora cannot be combined with FSDP sharding (trainer=fsdp); use "
+                "trainer=ddp, or strategy=lora with trainer=fsdp"
+            )
+
+    def load_kwargs(self, task: Task) -> dict[str, Any]:
+        """A 4-bit ``BitsAndBytesConfig`` and a device map for this process."""
+        _require_bitsandbytes()
+        from transformers import BitsAndBytesConfig
+
+        skip = CLASSIFIER_HEADS if task.kind == "classification" else None
+        if torch.cuda.is_available():
+            device_map: Any = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        else:
+            device_map = "cpu"
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=self.quant_type,
+                bnb_4bit_compute_dtype=self.compute_dtype,
+                bnb_4bit_use_double_quant=self.double_quant,
+                llm_int8_skip_modules=skip,
+            ),
+            "device_map": device_map,
+        }
+
+    def apply(self, model: nn.Module, task: Task) -> nn.Module:
+        """Prepare the 4-bit model for training, then add the adapters."""
+        if isinstance(model, PeftModel):
+            return model
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        self.prepare_for_eval(model)
+        return super().apply(model, task)
+
+    def prepare_for_eval(self, model: nn.Module) -> None:
+        """Keep 4-bit layers out of bitsandbytes' CPU inference repacking.
+
+        On CPU, an eval-mode forward repacks 4-bit weights into an inference layout through
+        which later training forwards lose gradients; turning the fast path off keeps one
+        layout for training and evaluation.
+        """
+        bnb = _require_bitsandbytes()
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
+
+    def merged_model(self, model: nn.Module) -> nn.Module:
+        """Dequantise the base layers exactly, then fold the adapters in: a plain model."""
+        if isinstance(model, PeftModel):
+            _dequantize_linear4bit(model)
+            model = model.merge_and_unload()
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        for attr in ("is_quantized", "hf_quantizer", "is_loaded_in_4bit"):
+            if hasattr(model, attr):
+                try:
+                    setattr(model, attr, None if attr == "hf_quantizer" else False)
+                except AttributeError:
+                    pass
+        return model
+
+
+def _dequantize_linear4bit(model: nn.Module) -> None:
+    """Replace every ``bnb.nn.Linear4bit`` by an ``nn.Linear`` holding its dequantised weight."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            weight = dequantize_4bit(child.weight.data, child.weight.quant_state).float()
+            linear = nn.Linear(
+                child.in_features, child.out_features, bias=child.bias is not None
+            )
+            linear.weight = nn.Parameter(weight.to(linear.weight.device), requires_grad=False)
+            if child.bias is not None:
+                linear.bias = nn.Parameter(child.bias.detach().float(), requires_grad=False)
+            setattr(parent, name, linear)

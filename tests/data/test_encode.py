@@ -1,0 +1,255 @@
+"""Tests for ftlight.data.encode with locally built byte-level tokenizers."""
+
+import logging
+
+import pytest
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
+
+from ftlight.data.encode import IGNORE_INDEX, encode_classification, encode_sft
+from ftlight.data.formats import ClassificationExample, SFTExample
+from ftlight.errors import DataError
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+def labelled_spans(tokenizer, encoded):
+    """Decode each run of consecutive labelled tokens."""
+    spans, current = [], []
+    for token, label in zip(encoded.input_ids, encoded.labels, strict=True):
+        if label == IGNORE_INDEX:
+            if current:
+                spans.append(current)
+            current = []
+        else:
+            assert label == token
+            current.append(token)
+    if current:
+        spans.append(current)
+    return [tokenizer.decode(span) for span in spans]
+
+
+# --- with a chat template -------------------------------------------------------------------
+
+
+def test_chat_template_labels_exactly_the_reply_and_end_of_turn(chatml_tokenizer):
+    messages = [user("Hi"), assistant("Hello there!")]
+    encoded = encode_sft(SFTExample(messages), chatml_tokenizer, max_length=None)
+    rendered = chatml_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert chatml_tokenizer.decode(encoded.input_ids) == rendered
+    assert rendered.endswith("Hello there!<|im_end|>\n")
+    # The newline after <|im_end|> is not labelled; <|im_end|> (= eos) is, so no eos is appended.
+    assert labelled_spans(chatml_tokenizer, encoded) == ["Hello there!<|im_end|>"]
+    assert encoded.input_ids[-2:] == [chatml_tokenizer.eos_token_id, chatml_tokenizer("\n")["input_ids"][0]]
+    assert encoded.labels[-1] == IGNORE_INDEX
+    assert encoded.truncated is False
+
+
+def test_chat_template_labels_every_assistant_turn(chatml_tokenizer):
+    messages = [
+        {"role": "system", "content": "Be kind."},
+        user("Héllo"),
+        assistant("Bonjour 🙂"),
+        user("2+2?"),
+        {"role": "tool", "content": "4"},
+        assistant("It is 4."),
+    ]
+    encoded = encode_sft(SFTExample(messages), chatml_tokenizer, max_length=None)
+    assert labelled_spans(chatml_tokenizer, encoded) == [
+        "Bonjour 🙂<|im_end|>",
+        "It is 4.<|im_end|>",
+    ]
+    assert len(encoded.input_ids) == len(encoded.labels)
+
+
+def test_chat_template_with_bos_does_not_double_bos(byte_level, chatml_template):
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_level(
+            ["<s>", "<|im_start|>", "<|im_end|>"],
+            [processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])],
+        ),
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+    )
+    tokenizer.chat_template = "{{ bos_token }}" + chatml_template
+    assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id  # it normally adds bos
+    encoded = encode_sft(SFTExample([user("a"), assistant("b")]), tokenizer, max_length=None)
+    assert encoded.input_ids.count(tokenizer.bos_token_id) == 1
+    assert encoded.input_ids[0] == tokenizer.bos_token_id
+    assert labelled_spans(tokenizer, encoded) == ["b<|im_end|>"]
+
+
+def test_chat_template_appends_eos_when_the_turn_does_not_end_with_it(
+    byte_level, chatml_template
+):
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_level(["<|im_start|>", "<|im_end|>", "<|endoftext|>"]),
+        eos_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = chatml_template
+    encoded = encode_sft(SFTExample([user("a"), assistant("b")]), tokenizer, max_length=None)
+    assert encoded.input_ids[-1] == tokenizer.eos_token_id
+    assert encoded.labels[-1] == tokenizer.eos_token_id
+    # Labelled: "b<|im_end|>", then the unlabelled "\n", then the appended eos.
+    assert labelled_spans(tokenizer, encoded) == ["b<|im_end|>", "<|endoftext|>"]
+
+
+def test_template_that_rewrites_earlier_turns_labels_only_the_last(chatml_tokenizer, caplog):
+    chatml_tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}[hidden]"
+        "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    messages = [user("a"), assistant("first"), user("b"), assistant("second")]
+    with caplog.at_level(logging.WARNING, logger="ftlight.data.encode"):
+        encoded = encode_sft(SFTExample(messages), chatml_tokenizer, max_length=None)
+    assert labelled_spans(chatml_tokenizer, encoded) == ["second<|im_end|>"]
+    assert "[hidden]" in chatml_tokenizer.decode(encoded.input_ids)
+    assert "only the last assistant turn is labelled" in caplog.text
+
+
+def test_template_that_is_not_prefix_consistent(chatml_tokenizer):
+    chatml_tokenizer.chat_template = (
+        "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(DataError, match="not prefix-consistent"):
+        encode_sft(SFTExample([user("a"), assistant("b")]), chatml_tokenizer, max_length=None)
+
+
+def test_template_that_rejects_the_conversation(chatml_tokenizer, chatml_template):
+    chatml_tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}"
+        + chatml_template
+    )
+    example = SFTExample([{"role": "tool", "content": "x"}, assistant("b")])
+    with pytest.raises(DataError, match="chat template rejected .*no tools"):
+        encode_sft(example, chatml_tokenizer, max_length=None)
+
+
+def test_chat_truncation_keeps_the_head(chatml_tokenizer):
+    example = SFTExample([user("Hi"), assistant("abcdefghij")])
+    full = encode_sft(example, chatml_tokenizer, max_length=None)
+    # The tail is "abcdefghij" <|im_end|> "\n"; cutting 4 tokens leaves "abcdefgh".
+    cut = encode_sft(example, chatml_tokenizer, max_length=len(full.input_ids) - 4)
+    assert cut.truncated is True
+    assert cut.input_ids == full.input_ids[:-4]
+    assert cut.labels == full.labels[:-4]
+    assert labelled_spans(chatml_tokenizer, cut) == ["abcdefgh"]
+    exact = encode_sft(example, chatml_tokenizer, max_length=len(full.input_ids))
+    assert exact.truncated is False
+
+
+def test_chat_truncation_inside_the_prompt_returns_none(chatml_tokenizer):
+    example = SFTExample([user("a long question " * 5), assistant("yes")])
+    full = encode_sft(example, chatml_tokenizer, max_length=None)
+    prompt_length = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
+    assert chatml_tokenizer.decode(full.input_ids[prompt_length]) == "y"
+    assert encode_sft(example, chatml_tokenizer, max_length=prompt_length) is None
+    assert encode_sft(example, chatml_tokenizer, max_length=prompt_length + 1) is not None
+
+
+def test_bad_max_length(chatml_tokenizer):
+    with pytest.raises(DataError, match="max_length=0 must be a positive integer"):
+        encode_sft(SFTExample([user("a"), assistant("b")]), chatml_tokenizer, max_length=0)
+
+
+# --- without a chat template ----------------------------------------------------------------
+
+
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_raw_prompt_completion_exact_ids(plain_tokenizer):
+    bos, eos = plain_tokenizer.bos_token_id, plain_tokenizer.eos_token_id
+    example = SFTExample([user("2+2="), assistant(" 4")], raw=True)
+    encoded = encode_sft(example, plain_tokenizer, max_length=None)
+    prompt, reply = ids(plain_tokenizer, "2+2="), ids(plain_tokenizer, " 4")
+    assert encoded.input_ids == [bos, *prompt, *reply, eos]
+    assert encoded.labels == [IGNORE_INDEX] * (1 + len(prompt)) + [*reply, eos]
+
+
+def test_raw_ignores_a_chat_template_and_adds_no_bos_when_tokenizer_does_not(chatml_tokenizer):
+    example = SFTExample([user("p"), assistant("c")], raw=True)
+    encoded = encode_sft(example, chatml_tokenizer, max_length=None)
+    assert chatml_tokenizer.decode(encoded.input_ids) == "pc<|im_end|>"
+    assert labelled_spans(chatml_tokenizer, encoded) == ["c<|im_end|>"]
+
+
+def test_fallback_layout_without_template(plain_tokenizer):
+    messages = [
+        {"role": "system", "content": "Sys"},
+        user("Hi"),
+        assistant("Hello"),
+        user("More"),
+        assistant("Ok"),
+    ]
+    encoded = encode_sft(SFTExample(messages), plain_tokenizer, max_length=None)
+    assert plain_tokenizer.decode(encoded.input_ids) == (
+        "<s>Sys\n\n### Instruction:\nHi\n\n### Response:\nHello</s>"
+        "### Instruction:\nMore\n\n### Response:\nOk</s>"
+    )
+    assert labelled_spans(plain_tokenizer, encoded) == ["Hello</s>", "Ok</s>"]
+
+
+def test_no_template_truncation_and_none(plain_tokenizer):
+    example = SFTExample([user("abc"), assistant("defg")], raw=True)
+    # <s> a b c | d e f g </s>
+    cut = encode_sft(example, plain_tokenizer, max_length=6)
+    assert cut.truncated is True
+    assert plain_tokenizer.decode(cut.input_ids) == "<s>abcde"
+    assert labelled_spans(plain_tokenizer, cut) == ["de"]
+    assert encode_sft(example, plain_tokenizer, max_length=4) is None
+
+
+def test_no_eos_token_is_an_error(byte_level):
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level(["<pad>"]), pad_token="<pad>")
+    with pytest.raises(DataError, match="the tokenizer has no eos_token"):
+        encode_sft(SFTExample([user("a"), assistant("b")], raw=True), tokenizer, max_length=None)
+
+
+# --- classification -------------------------------------------------------------------------
+
+
+def test_classification_single_text(cls_tokenizer):
+    encoded = encode_classification(
+        ClassificationExample(text="hey", label="pos"), cls_tokenizer, label_id=1, max_length=None
+    )
+    assert encoded.input_ids == [256, *ids(cls_tokenizer, "hey"), 257]
+    assert encoded.token_type_ids == [0] * 5
+    assert encoded.label == 1
+    assert encoded.truncated is False
+
+
+def test_classification_pair_token_types(cls_tokenizer):
+    example = ClassificationExample(text="ab", label="x", text_pair="cde")
+    encoded = encode_classification(example, cls_tokenizer, label_id=2, max_length=8)
+    assert encoded.input_ids == [256, *ids(cls_tokenizer, "ab"), 257, *ids(cls_tokenizer, "cde"), 257]
+    assert encoded.token_type_ids == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert encoded.truncated is False
+
+
+def test_classification_pair_truncation(cls_tokenizer):
+    example = ClassificationExample(text="abcdef", label="x", text_pair="gh")
+    encoded = encode_classification(example, cls_tokenizer, label_id=0, max_length=7)
+    assert encoded.truncated is True
+    assert len(encoded.input_ids) == 7
+    # longest_first trims the longer text; both texts and all special tokens stay.
+    assert cls_tokenizer.decode(encoded.input_ids) == "<s>ab</s>gh</s>"
+    assert encoded.token_type_ids == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_classification_without_token_type_ids(plain_tokenizer):
+    encoded = encode_classification(
+        ClassificationExample(text="x" * 50, label=0), plain_tokenizer, label_id=0, max_length=None
+    )
+    assert encoded.token_type_ids is None
+    assert len(encoded.input_ids) == 51
+    assert encoded.truncated is False
