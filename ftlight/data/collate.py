@@ -21,6 +21,15 @@ IGNORE_INDEX = -100
 """Label value the loss ignores."""
 
 
+def _check_pad_id(pad_token_id: int | None) -> None:
+    if not isinstance(pad_token_id, int):
+        raise ConfigError(
+            f"pad_token_id={pad_token_id!r}: the tokenizer has no pad token. Set one, e.g. "
+            "tokenizer.pad_token = tokenizer.eos_token (the padding is never attended to or "
+            "learned, so reusing eos is safe)."
+        )
+
+
 def _round_up(length: int, multiple: int | None) -> int:
     return length if not multiple else math.ceil(length / multiple) * multiple
 
@@ -35,6 +44,7 @@ class PadCollator:
         pad_to_multiple_of: int | None = None,
         label_pad: int = IGNORE_INDEX,
     ) -> None:
+        _check_pad_id(pad_token_id)
         if padding_side not in ("right", "left"):
             raise ConfigError(f"padding_side={padding_side!r}; expected 'right' or 'left'.")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
@@ -123,6 +133,7 @@ class PackCollator:
     """Concatenate each pack of SFT rows into one row with position_ids restarting per row."""
 
     def __init__(self, max_length: int, pad_token_id: int) -> None:
+        _check_pad_id(pad_token_id)
         self.max_length = max_length
         self.pad_token_id = pad_token_id
 
@@ -227,7 +238,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         batches: list[list[int]] = []
         for start in range(0, n, mega):
             group = sorted(indices[start : start + mega], key=lambda i: -self.lengths[i])
-            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+            batches += [
+                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
+            ]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.shuffle and batches:
@@ -243,4 +256,4 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if batches and needed > len(batches):
             # Repeat batches from the start so every rank runs the same number of steps.
             batches += [batches[i % len(batches)] for i in range(needed - len(batches))]
-        yield from batches[: needed][self.rank :: self.num_replicas]
+        yield from batches[:needed][self.rank :: self.num_replicas]

@@ -39,6 +39,7 @@ class FineTuneData(L.LightningDataModule):
         packing: bool = False,
         group_by_length: bool = True,
         num_workers: int = 0,
+        label_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -56,6 +57,7 @@ class FineTuneData(L.LightningDataModule):
         self.packing = packing
         self.group_by_length = group_by_length
         self.num_workers = num_workers
+        self.label_names = [str(x) for x in label_names] if label_names else None
         self.tokenizer: Any = None
         self.task: Task | None = None
         self.encoded: dict[str, list[dict[str, Any]]] = {}
@@ -115,15 +117,19 @@ class FineTuneData(L.LightningDataModule):
                 if split in examples:
                     examples[split] = examples[split][: self.max_eval_samples]
         if self.task.kind == "classification":
-            self.labels = _label_info([ex.label for _, ex in examples["train"]])
+            if self.label_names:
+                self.labels = LabelInfo(names=list(self.label_names))
+            else:
+                self.labels = _label_info([ex.label for _, ex in examples["train"]])
             ids = {name: i for i, name in enumerate(self.labels.names)}
             for split, rows in examples.items():
                 for where, ex in rows:
                     if _label_key(ex.label) not in ids:
                         raise DataError(
-                            f"{where}: label {ex.label!r} never appears in the training data "
-                            f"(training labels: {', '.join(self.labels.names)}). Fix the label "
-                            "or add training rows with it."
+                            f"{where}: label {ex.label!r} is not one of the model's labels "
+                            f"({', '.join(self.labels.names)}), which come from the training "
+                            "data (or data.label_names). Fix the label or add training rows "
+                            "with it."
                         )
             self._label_ids = ids
         for split, rows in examples.items():

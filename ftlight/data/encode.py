@@ -148,9 +148,7 @@ def _tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase, bos_id: int) -> bool
 def _render(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation: bool = False
 ) -> str:
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation
-    )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
     if not isinstance(text, str):
         raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}")
     return text
@@ -191,9 +189,7 @@ def _encode_with_template(
             "turn only appends text, or use data.format=prompt_completion."
         )
 
-    encoding = tokenizer(
-        full, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-    )
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     input_ids = list(encoding["input_ids"])
     offsets = encoding["offset_mapping"]
     labels = [
@@ -202,7 +198,9 @@ def _encode_with_template(
 
     eos_id = tokenizer.eos_token_id
     if eos_id is not None and messages[-1]["role"] == "assistant":
-        last = [t for t, (s, e) in zip(input_ids, offsets, strict=True) if _inside((s, e), spans[-1:])]
+        last = [
+            t for t, (s, e) in zip(input_ids, offsets, strict=True) if _inside((s, e), spans[-1:])
+        ]
         if eos_id not in last:
             input_ids.append(eos_id)
             labels.append(eos_id)
@@ -234,3 +232,25 @@ def _assistant_spans(
 def _inside(offset: Any, spans: list[tuple[int, int]]) -> bool:
     start, end = offset
     return end > start and any(s <= start and end <= e for s, e in spans)
+
+
+def encode_prompt(
+    messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, raw: bool = False
+) -> list[int]:
+    """Token ids of a prompt laid out exactly as in training, ready for the model's answer.
+
+    ``messages`` end with a user turn; the ids stop where the assistant's reply would start.
+    """
+    if getattr(tokenizer, "chat_template", None) and not raw:
+        return _tokens(tokenizer, _render(tokenizer, messages, generation=True))
+    # Lay out a placeholder reply the way training does, and cut where the reply starts.
+    encoded = encode_sft(
+        SFTExample([*messages, {"role": "assistant", "content": "x"}], raw=raw), tokenizer, None
+    )
+    assert encoded is not None  # nothing is truncated without max_length
+    start = len(encoded.labels)
+    while start > 0 and encoded.labels[start - 1] == IGNORE_INDEX:
+        start -= 1
+    while start > 0 and encoded.labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return encoded.input_ids[:start]

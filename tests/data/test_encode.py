@@ -46,7 +46,10 @@ def test_chat_template_labels_exactly_the_reply_and_end_of_turn(chatml_tokenizer
     assert rendered.endswith("Hello there!<|im_end|>\n")
     # The newline after <|im_end|> is not labelled; <|im_end|> (= eos) is, so no eos is appended.
     assert labelled_spans(chatml_tokenizer, encoded) == ["Hello there!<|im_end|>"]
-    assert encoded.input_ids[-2:] == [chatml_tokenizer.eos_token_id, chatml_tokenizer("\n")["input_ids"][0]]
+    assert encoded.input_ids[-2:] == [
+        chatml_tokenizer.eos_token_id,
+        chatml_tokenizer("\n")["input_ids"][0],
+    ]
     assert encoded.labels[-1] == IGNORE_INDEX
     assert encoded.truncated is False
 
@@ -85,9 +88,7 @@ def test_chat_template_with_bos_does_not_double_bos(byte_level, chatml_template)
     assert labelled_spans(tokenizer, encoded) == ["b<|im_end|>"]
 
 
-def test_chat_template_appends_eos_when_the_turn_does_not_end_with_it(
-    byte_level, chatml_template
-):
+def test_chat_template_appends_eos_when_the_turn_does_not_end_with_it(byte_level, chatml_template):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=byte_level(["<|im_start|>", "<|im_end|>", "<|endoftext|>"]),
         eos_token="<|endoftext|>",
@@ -231,7 +232,13 @@ def test_classification_single_text(cls_tokenizer):
 def test_classification_pair_token_types(cls_tokenizer):
     example = ClassificationExample(text="ab", label="x", text_pair="cde")
     encoded = encode_classification(example, cls_tokenizer, label_id=2, max_length=8)
-    assert encoded.input_ids == [256, *ids(cls_tokenizer, "ab"), 257, *ids(cls_tokenizer, "cde"), 257]
+    assert encoded.input_ids == [
+        256,
+        *ids(cls_tokenizer, "ab"),
+        257,
+        *ids(cls_tokenizer, "cde"),
+        257,
+    ]
     assert encoded.token_type_ids == [0, 0, 0, 0, 1, 1, 1, 1]
     assert encoded.truncated is False
 

@@ -163,7 +163,10 @@ def test_chat_tool_roles_in_the_middle():
 def test_chat_content_parts_are_joined():
     record = {
         "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            },
             {"role": "assistant", "content": [{"type": "text", "text": "c"}]},
         ]
     }
@@ -188,7 +191,10 @@ def test_chat_messages_bad_json_string():
 
 def test_chat_custom_field_name():
     record = {"dialog": [user("a"), assistant("b")]}
-    assert Chat(messages_field="dialog").parse(record, WHERE).messages == [user("a"), assistant("b")]
+    assert Chat(messages_field="dialog").parse(record, WHERE).messages == [
+        user("a"),
+        assistant("b"),
+    ]
 
 
 def test_chat_unknown_role_lists_accepted():

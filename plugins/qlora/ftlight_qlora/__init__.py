@@ -123,19 +123,28 @@ class QLoRAStrategy(LoRAStrategy):
 
 
 def _dequantize_linear4bit(model: nn.Module) -> None:
-    """Replace every ``bnb.nn.Linear4bit`` by an ``nn.Linear`` holding its dequantised weight."""
+    """Replace each LoRA layer over a 4-bit base by an ``nn.Linear`` with the merged weight.
+
+    The weight is the exact dequantised NF4 weight plus the adapters' delta, in float32, so the
+    merged model computes what the trained model computed (up to the compute dtype).
+    """
     import bitsandbytes as bnb
     from bitsandbytes.functional import dequantize_4bit
+    from peft.tuners.lora import LoraLayer
 
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if not isinstance(child, bnb.nn.Linear4bit):
+            if not isinstance(child, LoraLayer):
                 continue
-            weight = dequantize_4bit(child.weight.data, child.weight.quant_state).float()
-            linear = nn.Linear(
-                child.in_features, child.out_features, bias=child.bias is not None
-            )
-            linear.weight = nn.Parameter(weight.to(linear.weight.device), requires_grad=False)
-            if child.bias is not None:
-                linear.bias = nn.Parameter(child.bias.detach().float(), requires_grad=False)
-            setattr(parent, name, linear)
+            base = child.get_base_layer()
+            if not isinstance(base, bnb.nn.Linear4bit):
+                continue
+            weight = dequantize_4bit(base.weight.data, base.weight.quant_state).float()
+            for adapter in child.active_adapters:
+                if adapter in child.lora_A:
+                    weight = weight + child.get_delta_weight(adapter).float()
+            linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+            linear.weight = nn.Parameter(weight, requires_grad=False)
+            if base.bias is not None:
+                linear.bias = nn.Parameter(base.bias.detach().float(), requires_grad=False)
+            setattr(parent, name, linear.to(weight.device))

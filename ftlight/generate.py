@@ -1,0 +1,123 @@
+"""``ftlight-generate``: answer prompts with an exported model, laid out as in training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftlight.errors import FtlightError, ModelError
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """A run folder's ``model/`` export, or the folder itself when it holds a model."""
+    path = Path(path).expanduser()
+    for candidate in (path / "model", path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelError(
+        f"{path} holds no exported model (no config.json in {path} or {path / 'model'}). "
+        "Pass a run folder written by ftlight-train (with eval.export=true) or a model folder."
+    )
+
+
+class Generator:
+    """Loads an exported causal LM and answers prompts greedily (or by sampling)."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_dir = find_model_dir(model_dir)
+        meta_path = self.model_dir / "ftlight.json"
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if self.meta.get("task", "causal_lm") != "causal_lm":
+            raise ModelError(
+                f"{self.model_dir} was trained for task={self.meta['task']}; ftlight-generate "
+                "needs a causal LM (use ftlight-eval for classifiers)"
+            )
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).to(self.device).eval()
+
+    @torch.no_grad()
+    def answer(
+        self,
+        messages: list[dict[str, str]],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        raw: bool = False,
+    ) -> str:
+        """The model's reply to ``messages`` (ending with a user turn)."""
+        from ftlight.data.encode import encode_prompt
+
+        ids = encode_prompt(messages, self.tokenizer, raw=raw)
+        input_ids = torch.tensor([ids], device=self.device)
+        eos = {self.tokenizer.eos_token_id}
+        gen_eos = self.model.generation_config.eos_token_id
+        eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            kwargs["temperature"] = temperature
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(e for e in eos if e is not None),
+            pad_token_id=self.tokenizer.pad_token_id,
+            **kwargs,
+        )
+        return self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(
+        prog="ftlight-generate", description="Answer prompts with a model exported by ftlight-train."
+    )
+    parser.add_argument("run", help="run folder (uses its model/ export) or a model folder")
+    parser.add_argument("prompt", nargs="?", help="the prompt; '-' reads it from stdin")
+    parser.add_argument("--chat", action="store_true", help="interactive multi-turn session")
+    parser.add_argument("--system", default=None, help="system message to start with")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--raw", action="store_true", help="no chat template (prompt_completion)")
+    args = parser.parse_args(argv)
+    try:
+        gen = Generator(args.run)
+    except FtlightError as err:
+        parser.exit(2, f"ftlight-generate: {err}\n")
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    opts = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "raw": args.raw}
+    if not args.chat:
+        if args.prompt is None:
+            parser.error("give a prompt, '-' for stdin, or --chat")
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        print(gen.answer([*history, {"role": "user", "content": prompt}], **opts))
+        return
+    print(f"chatting with {gen.model_dir} (empty line or Ctrl-D to quit)")
+    if args.prompt:
+        history.append({"role": "user", "content": args.prompt})
+        reply = gen.answer(history, **opts)
+        print(f"assistant> {reply}")
+        history.append({"role": "assistant", "content": reply})
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        reply = gen.answer(history, **opts)
+        print(f"assistant> {reply}")
+        history.append({"role": "assistant", "content": reply})
+
+
+if __name__ == "__main__":
+    main()
