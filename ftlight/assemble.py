@@ -41,6 +41,7 @@ class Run:
         else:
             self.trainer.validate(self.module, datamodule=self.data, verbose=False)
         self.module.generate_in_eval = False
+        self.module.train()  # validate() leaves the model in eval mode; fit() expects train mode
         values = dict(self.module.last_eval)
         self.module.val_metrics.clear()
         return values
