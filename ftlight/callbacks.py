@@ -44,8 +44,7 @@ class ThroughputMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Accumulate tokens (a device tensor) and the loss; sync only every few steps."""
-        mask = batch.get("attention_mask")
-        ntok = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
+        ntok = real_tokens(batch)
         self._tokens = self._tokens.to(ntok.device) + ntok
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
@@ -99,6 +98,14 @@ class ThroughputMonitor(L.Callback):
     def _sync(pl_module: L.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
+
+
+def real_tokens(batch: dict[str, Any]) -> torch.Tensor:
+    """Non-padding tokens in a batch (a device tensor; no host sync)."""
+    if "num_tokens" in batch:
+        return batch["num_tokens"]
+    mask = batch.get("attention_mask")
+    return mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -45,7 +45,7 @@ class FineTuneModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the strategy's trainable state
         self._applied = False
         self.val_metrics = nn.ModuleDict()
-        self.tokens_seen = torch.zeros((), dtype=torch.long)
+        self.last_eval: dict[str, float] = {}
 
     # -- model set-up ---------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -83,9 +83,6 @@ class FineTuneModule(L.LightningModule):
         """One micro-batch: HF loss, logged without a host sync."""
         out = self(batch)
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False)
-        mask = batch.get("attention_mask")
-        ntok = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
-        self.tokens_seen = self.tokens_seen.to(ntok.device) + ntok
         return out.loss
 
     def on_validation_model_eval(self) -> None:
@@ -169,5 +166,13 @@ class FineTuneModule(L.LightningModule):
             )
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
         self.strategy.load_trainable_state_dict(self.model, state)
-        if "rng" in meta:
-            torch.set_rng_state(meta["rng"])
+        # Restored when training resumes, not now: Lightning draws from the RNG while it sets up
+        # the fit (a dataloader iterator), which would shift every later dropout mask.
+        self._resume_rng = meta.get("rng")
+
+    def on_train_epoch_start(self) -> None:
+        """Put back the RNG state saved in the checkpoint, at the point where it was saved."""
+        rng = getattr(self, "_resume_rng", None)
+        if rng is not None:
+            torch.set_rng_state(rng)
+            self._resume_rng = None

@@ -156,6 +156,8 @@ class PackCollator:
             batch["labels"][i, : len(ids)] = torch.tensor(labels, dtype=torch.long)
             # Padding restarts at 0 too: it is its own "sequence", which nothing attends to.
             batch["position_ids"][i] = torch.tensor(positions + list(range(pad)))
+        # Real (non-padding) tokens, for throughput: packed batches carry no attention mask.
+        batch["num_tokens"] = torch.tensor(sum(len(ids) for ids, _, _ in built))
         return batch
 
     def _pack(self, rows: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:

@@ -235,13 +235,20 @@ class FineTuneData(L.LightningDataModule):
             )
         else:
             sampler = _ShuffledBatches(len(items), self.batch_size, self.seed, world, rank)
-        return DataLoader(
+        return ResumableLoader(
             items,
-            batch_sampler=sampler,
+            batch_sampler=_SkippingBatches(sampler),
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            progress=self._batches_done,
         )
+
+    def _batches_done(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def _eval_loader(self, split: str) -> DataLoader:
         from ftlight.data.collate import PadCollator
@@ -291,6 +298,53 @@ class EvalCollator:
             batch["gen_attention_mask"] = mask
             batch["references"] = [r["reference"] for r in rows]
         return batch
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position in the epoch goes into checkpoints (exact mid-epoch resume).
+
+    Lightning saves ``state_dict()`` of a stateful training loader with each checkpoint and
+    hands it back on resume; the batch order is a pure function of (seed, epoch), so skipping
+    the batches already trained reproduces the uninterrupted run.
+    """
+
+    def __init__(self, *args: Any, progress: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        """How many batches of the current epoch were trained."""
+        return {"batches_done": self._progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the batches already trained when the epoch's iteration restarts."""
+        self.batch_sampler.skip_next(int(state.get("batches_done", 0)))
+
+
+class _SkippingBatches(torch.utils.data.Sampler):
+    """Wraps a batch sampler so that one iteration can start part-way through the epoch."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._skip = 0
+
+    def skip_next(self, n: int) -> None:
+        """Leave out the first ``n`` batches of the next iteration (none if ``n`` >= epoch)."""
+        self._skip = n if n < len(self.inner) else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward to the wrapped sampler."""
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        for i, batch in enumerate(self.inner):
+            if i >= skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.inner)
 
 
 class _ShuffledBatches(torch.utils.data.Sampler):
