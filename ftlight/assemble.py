@@ -31,6 +31,7 @@ class Run:
     data: Any
     module: FineTuneModule
     trainer: L.Trainer
+    load_kwargs: dict[str, Any]
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Score the current model on ``split`` with the task's metrics (generation included)."""
@@ -45,6 +46,21 @@ class Run:
         values = dict(self.module.last_eval)
         self.module.val_metrics.clear()
         return values
+
+    def _unsharded_model(self) -> Any:
+        """The trained model as one plain module: FSDP2-sharded weights are gathered (on rank 0)."""
+        if not self.module._sharded:
+            return self.module.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(
+            self.module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )  # a collective: every rank takes part, rank 0 receives the full tensors
+        if not self.trainer.is_global_zero:
+            return None
+        fresh = self.strategy.apply(self.source.load(self.task.auto_class(), **self.load_kwargs), self.task)
+        fresh.load_state_dict(full)
+        return fresh
 
     def finish(
         self, before: dict[str, float], after: dict[str, float], export: bool, plots: bool
@@ -81,6 +97,7 @@ class Run:
             },
         }
         exports: dict[str, Path] = {}
+        model = self._unsharded_model() if export else self.module.model
         if self.trainer.is_global_zero:
             print("\n" + format_table(before, after) + "\n", flush=True)
             if export:
@@ -96,7 +113,7 @@ class Run:
                 card = model_card(meta, before, after)
                 saver = ModelSaver(self.tokenizer, {k: v for k, v in meta.items() if k != "config_yaml"}, card)
                 with timed("export", log):
-                    exports = self.strategy.export(self.module.model, saver, self.run_dir)
+                    exports = self.strategy.export(model, saver, self.run_dir)
                 payload["exports"] = {k: str(v) for k, v in exports.items()}
             write_metrics(self.run_dir / "metrics.json", payload)
             if plots:
@@ -158,4 +175,4 @@ def build_run(cfg: DictConfig) -> Run:
     )
     if not isinstance(trainer, L.Trainer):
         raise ConfigError("trainer config must build a lightning.pytorch.Trainer")
-    return Run(cfg, run_dir, strategy, source, task, tokenizer, data, module, trainer)
+    return Run(cfg, run_dir, strategy, source, task, tokenizer, data, module, trainer, kwargs)

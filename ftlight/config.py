@@ -37,6 +37,14 @@ def register() -> None:
     """Register the search-path plugin and the resolvers (idempotent)."""
     Plugins.instance().register(StrategyConfSearchPath)
     OmegaConf.register_new_resolver("ftlight.precision", best_precision, replace=True)
+    OmegaConf.register_new_resolver("ftlight.world_size", world_size, replace=True)
+
+
+def world_size(devices: int | str, num_nodes: int | str = 1) -> int:
+    """Processes in the job: devices per node (``auto`` = visible GPUs, else 1) times nodes."""
+    if devices in ("auto", "-1", -1):
+        devices = torch.cuda.device_count() or 1
+    return int(devices) * int(num_nodes)
 
 
 def best_precision(accelerator: str = "cpu") -> str:

@@ -44,6 +44,7 @@ class FineTuneModule(L.LightningModule):
         self.generate_in_eval = False
         self.strict_loading = False  # checkpoints hold only the strategy's trainable state
         self._applied = False
+        self._sharded = False
         self.val_metrics = nn.ModuleDict()
         self.last_eval: dict[str, float] = {}
 
@@ -62,7 +63,8 @@ class FineTuneModule(L.LightningModule):
                 100.0 * info["trainable"] / max(info["total"], 1),
             )
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
-        if mesh is not None and "data_parallel" in mesh.mesh_dim_names:
+        if mesh is not None and "data_parallel" in mesh.mesh_dim_names and not self._sharded:
+            self._sharded = True  # validate() then fit() both call configure_model
             from torch.distributed.fsdp import fully_shard
 
             dp = mesh["data_parallel"]
