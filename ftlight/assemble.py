@@ -8,14 +8,30 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ftlight.errors import ConfigError
+from ftlight.errors import ConfigError, FtlightError
 from ftlight.module import FineTuneModule
 from ftlight.utils import timed
 
 log = logging.getLogger("ftlight")
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets ftlight's own errors through unwrapped.
+
+    Hydra wraps whatever a constructor raises in ``InstantiationException``; the user's
+    mistake (a bad path, an unknown name) should reach them as the ``FtlightError`` it is.
+    """
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, FtlightError):
+            raise err.__cause__ from None
+        raise
 
 
 @dataclass
@@ -47,19 +63,35 @@ class Run:
         self.module.val_metrics.clear()
         return values
 
-    def _unsharded_model(self) -> Any:
-        """The trained model as one plain module: FSDP2-sharded weights are gathered (on rank 0)."""
-        if not self.module._sharded:
-            return self.module.model
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    def _export_model(self) -> Any:
+        """The trained model as one plain, full-precision module (on rank 0; None elsewhere).
 
-        full = get_model_state_dict(
-            self.module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )  # a collective: every rank takes part, rank 0 receives the full tensors
+        FSDP2-sharded weights are gathered; when frozen weights were kept in bf16 for speed,
+        the base is reloaded in full precision and the trained tensors are put back on it.
+        """
+        model = self.module.model
+        if not self.module._sharded and not self.module.frozen_cast:
+            return model
+        if self.module._sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            # a collective: every rank takes part, rank 0 receives the full tensors
+            state = get_model_state_dict(
+                model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        else:
+            state = self.strategy.trainable_state_dict(model)
         if not self.trainer.is_global_zero:
             return None
-        fresh = self.strategy.apply(self.source.load(self.task.auto_class(), **self.load_kwargs), self.task)
-        fresh.load_state_dict(full)
+        fresh = self.source.load(self.task.auto_class(), **self.load_kwargs)
+        fresh = self.strategy.apply(fresh, self.task)
+        if self.module._sharded:
+            fresh.load_state_dict(state)
+        else:
+            self.strategy.load_trainable_state_dict(fresh, state)
         return fresh
 
     def finish(
@@ -97,7 +129,7 @@ class Run:
             },
         }
         exports: dict[str, Path] = {}
-        model = self._unsharded_model() if export else self.module.model
+        model = self._export_model() if export else self.module.model
         if self.trainer.is_global_zero:
             print("\n" + format_table(before, after) + "\n", flush=True)
             if export:
@@ -155,7 +187,9 @@ def build_run(cfg: DictConfig) -> Run:
     model = source.load(task.auto_class(), **kwargs)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default=""))
     module = FineTuneModule(
+        frozen_dtype=torch.bfloat16 if precision.startswith("bf16-mixed") else None,
         model=model,
         strategy=strategy,
         task=task,

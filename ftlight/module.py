@@ -22,7 +22,8 @@ class FineTuneModule(L.LightningModule):
     """Forward, steps, metrics and checkpoint contents; the strategy decides what trains.
 
     ``optimizer`` is a partial taking the parameters; ``scheduler`` a partial taking the
-    optimizer and the total number of optimizer steps.
+    optimizer and the total number of optimizer steps. ``weight_decay`` overrides the
+    optimizer's own rate for weight matrices (``None`` keeps it).
     """
 
     def __init__(
@@ -32,9 +33,13 @@ class FineTuneModule(L.LightningModule):
         task: Task,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
+        frozen_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        #: dtype to keep frozen linear weights in (the autocast dtype), or None
+        self.frozen_dtype = frozen_dtype
+        self.frozen_cast = 0
         self.model = model
         self.strategy = strategy
         self.task = task
@@ -47,6 +52,7 @@ class FineTuneModule(L.LightningModule):
         self._sharded = False
         self.val_metrics = nn.ModuleDict()
         self.last_eval: dict[str, float] = {}
+        self._resume_rng: torch.Tensor | None = None  # set by on_load_checkpoint
 
     # -- model set-up ---------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -54,6 +60,11 @@ class FineTuneModule(L.LightningModule):
         if not self._applied:
             self.model = self.strategy.apply(self.model, self.task)
             self._applied = True
+            mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
+            if self.frozen_dtype is not None and mesh is None:
+                from ftlight.lowp import cast_frozen_linears
+
+                self.frozen_cast = cast_frozen_linears(self.model, self.frozen_dtype)
             info = self.strategy.describe(self.model)
             log.info(
                 "strategy=%s: %s trainable of %s parameters (%.2f%%)",
@@ -71,6 +82,11 @@ class FineTuneModule(L.LightningModule):
             for block in self.strategy.shard_units(self.model):
                 fully_shard(block, mesh=dp)
             fully_shard(self.model, mesh=dp)
+
+    def on_fit_start(self) -> None:
+        """Train mode for every layer: ``from_pretrained`` returns models in eval mode, and
+        Lightning keeps each module's mode, so dropout would otherwise stay off in training."""
+        self.model.train()
 
     def reset_metrics(self) -> None:
         """Fresh metrics for the next evaluation pass (the task may have learnt its fields)."""
@@ -135,7 +151,11 @@ class FineTuneModule(L.LightningModule):
             from ftlight.errors import ConfigError
 
             raise ConfigError(f"strategy={self.strategy.name} left no trainable parameters")
-        groups = [{"params": decay, "weight_decay": self.weight_decay}]
+        # Matrices decay at the optimizer's own rate (optimizer.weight_decay) unless the module
+        # was given one; biases and norms never decay.
+        groups: list[dict[str, Any]] = [{"params": decay}]
+        if self.weight_decay is not None:
+            groups[0]["weight_decay"] = self.weight_decay
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         optimizer = self.optimizer_factory(groups)
@@ -168,13 +188,19 @@ class FineTuneModule(L.LightningModule):
             )
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
         self.strategy.load_trainable_state_dict(self.model, state)
-        # Restored when training resumes, not now: Lightning draws from the RNG while it sets up
-        # the fit (a dataloader iterator), which would shift every later dropout mask.
+        # Put back where training continues, not now: Lightning draws from the RNG while it
+        # sets up the fit (dataloader iterators), which would shift every later dropout mask.
         self._resume_rng = meta.get("rng")
 
     def on_train_epoch_start(self) -> None:
-        """Put back the RNG state saved in the checkpoint, at the point where it was saved."""
-        rng = getattr(self, "_resume_rng", None)
-        if rng is not None:
-            torch.set_rng_state(rng)
+        """Resuming at an epoch boundary: restore the checkpoint's RNG state here."""
+        self._restore_rng()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Resuming mid-epoch (no epoch start comes first): restore it before the next batch."""
+        self._restore_rng()
+
+    def _restore_rng(self) -> None:
+        if self._resume_rng is not None:
+            torch.set_rng_state(self._resume_rng)
             self._resume_rng = None

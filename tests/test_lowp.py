@@ -1,0 +1,46 @@
+"""Frozen linears kept in bf16 compute exactly what autocast computes from fp32 weights."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ftlight.lowp import cast_frozen_linears
+
+
+def _tiny_lora() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    return get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+
+
+def test_cast_is_exact_under_autocast_and_skips_tied_and_trainable() -> None:
+    model = _tiny_lora()
+    ref = copy.deepcopy(model)
+    n = cast_frozen_linears(model, torch.bfloat16)
+    # 7 frozen base linears per block x 2 blocks; the tied LM head and LoRA A/B stay fp32
+    assert n == 14
+    base = model.get_base_model()
+    assert base.lm_head.weight.dtype == torch.float32
+    assert base.model.embed_tokens.weight.dtype == torch.float32
+    q = base.model.layers[0].self_attn.q_proj
+    assert q.base_layer.weight.dtype == torch.bfloat16
+    assert q.lora_A["default"].weight.dtype == torch.float32
+    x = torch.randint(0, 64, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = model(input_ids=x).logits, ref(input_ids=x).logits
+    assert torch.equal(out, expected)
+    # gradients reach the adapters the same way
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=x, labels=x).loss.backward()
+        ref(input_ids=x, labels=x).loss.backward()
+    a = q.lora_B["default"].weight.grad
+    b = ref.get_base_model().model.layers[0].self_attn.q_proj.lora_B["default"].weight.grad
+    assert torch.equal(a, b)
