@@ -53,6 +53,7 @@ class Run:
         """Score the current model on ``split`` with the task's metrics (generation included)."""
         self.module.generate_in_eval = True
         self.module.reset_metrics()
+        gen0 = (getattr(self.task, "generated_tokens", 0), getattr(self.task, "generation_seconds", 0.0))
         if split == "test":
             self.trainer.test(self.module, datamodule=self.data, verbose=False)
         else:
@@ -60,6 +61,12 @@ class Run:
         self.module.generate_in_eval = False
         self.module.train()  # validate() leaves the model in eval mode; fit() expects train mode
         values = dict(self.module.last_eval)
+        tokens = getattr(self.task, "generated_tokens", 0) - gen0[0]
+        seconds = getattr(self.task, "generation_seconds", 0.0) - gen0[1]
+        if tokens:
+            log.info(
+                "generated %d tokens in %.1f s (%.1f tokens/s)", tokens, seconds, tokens / seconds
+            )
         self.module.val_metrics.clear()
         return values
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +44,8 @@ class CausalLMTask(Task):
         self.output_format = output_format
         self.json_fields: list[str] | None = None
         self.tokenizer: Any = None
+        self.generated_tokens = 0
+        self.generation_seconds = 0.0
 
     def auto_class(self) -> type:
         """``AutoModelForCausalLM``."""
@@ -130,6 +133,7 @@ class CausalLMTask(Task):
             eos.append(gen_eos)
         elif isinstance(gen_eos, list):
             eos.extend(gen_eos)
+        start = time.perf_counter()
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -138,7 +142,10 @@ class CausalLMTask(Task):
             eos_token_id=sorted(set(eos)) or None,
             pad_token_id=tok.pad_token_id,
         )
-        return tok.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+        new = out[:, input_ids.shape[1] :]
+        self.generated_tokens += int((new != tok.pad_token_id).sum())
+        self.generation_seconds += time.perf_counter() - start
+        return tok.batch_decode(new, skip_special_tokens=True)
 
     def compute_metrics(self, metrics: dict[str, Metric]) -> dict[str, float]:
         """Adds perplexity = exp(mean token loss)."""
