@@ -55,8 +55,9 @@ class QLoRAStrategy(LoRAStrategy):
     def validate(self, trainer_cfg: Mapping[str, Any], task: Task) -> None:
         """bitsandbytes must import; FSDP cannot shard 4-bit weights here."""
         _require_bitsandbytes()
-        strategy = str(trainer_cfg.get("strategy", ""))
-        if "fsdp" in strategy or "model_parallel" in strategy.lower():
+        # a name ("fsdp") or a node ({_target_: ...ModelParallelStrategy}): match both spellings
+        strategy = str(trainer_cfg.get("strategy", "")).lower().replace("_", "")
+        if "fsdp" in strategy or "modelparallel" in strategy:
             raise ConfigError(
                 "strategy=qlora cannot be combined with FSDP sharding (trainer=fsdp); use "
                 "trainer=ddp, or strategy=lora with trainer=fsdp"
