@@ -137,6 +137,12 @@ class Run:
         }
         exports: dict[str, Path] = {}
         model = self._export_model() if export else self.module.model
+        for lg in self.trainer.loggers:
+            scores = {f"before/{k}": v for k, v in before.items()}
+            scores.update({f"after/{k}": v for k, v in after.items()})
+            scores.update({f"throughput/{k}": v for k, v in throughput.items()})
+            lg.log_metrics(scores, step=int(self.trainer.global_step))
+            lg.save()
         if self.trainer.is_global_zero:
             print("\n" + format_table(before, after) + "\n", flush=True)
             if export:
@@ -216,4 +222,7 @@ def build_run(cfg: DictConfig) -> Run:
     )
     if not isinstance(trainer, L.Trainer):
         raise ConfigError("trainer config must build a lightning.pytorch.Trainer")
+    hparams = OmegaConf.to_container(cfg, resolve=False)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(hparams)
     return Run(cfg, run_dir, strategy, source, task, tokenizer, data, module, trainer, kwargs)
