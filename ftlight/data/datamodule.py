@@ -242,6 +242,9 @@ class FineTuneData(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             progress=self._batches_done,
+            # its own generator: creating an iterator must not draw from the global RNG, or a
+            # resumed run's dropout masks would shift against the uninterrupted run's
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _batches_done(self) -> int:
@@ -262,6 +265,7 @@ class FineTuneData(L.LightningDataModule):
             sampler=sampler,
             collate_fn=EvalCollator(PadCollator(self.tokenizer.pad_token_id)),
             num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def val_dataloader(self) -> DataLoader:

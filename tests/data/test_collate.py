@@ -108,7 +108,8 @@ def test_pack_collator_exact_layout():
         [{"input_ids": [6, 7], "labels": [6, 7]}],
     ]
     batch = PackCollator(max_length=8, pad_token_id=0)(packs)
-    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert set(batch) == {"input_ids", "labels", "position_ids", "num_tokens"}
+    assert int(batch["num_tokens"]) == 7  # real tokens, padding excluded
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]
     assert batch["labels"].tolist() == [
         [IGNORE, 2, 3, IGNORE, 5],

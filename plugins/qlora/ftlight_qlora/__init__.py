@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from ftlight_lora import LoRAStrategy
 from peft import PeftModel
 from torch import nn
 
 from ftlight.errors import ConfigError
 from ftlight.models.sources import parse_dtype
 from ftlight.tasks import Task
+from ftlight_lora import LoRAStrategy
 
 log = logging.getLogger("ftlight.strategies.qlora")
 

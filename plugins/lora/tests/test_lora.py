@@ -1,0 +1,134 @@
+"""The ``lora`` strategy: a frozen model plus trainable low-rank adapters."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftlight.errors import ConfigError
+
+
+def _core_test_helpers():
+    """The core's ``tests/conftest.py``: pytest applies a conftest only below its own folder."""
+    name = "ftlight_core_test_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[3] / "tests" / "conftest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+core = _core_test_helpers()
+ftlight_cache = core.ftlight_cache  # autouse: a session FTLIGHT_CACHE, single-threaded torch
+
+# A rank-r adapter on an in x out linear layer adds r*(in + out) weights (A: r x in, B: out x r).
+# tiny-llama (hidden 32, kv 16, mlp 64, 2 layers; 26912 weights, see test_full.py), all linear
+# layers of the body (lm_head is left out):
+#   per layer q 8*(32+32) 512 + k 8*(32+16) 384 + v 384 + o 512 + gate 8*(32+64) 768 + up 768
+#   + down 8*(64+32) 768 = 4096; two layers 8192.  Total 26912 + 8192 = 35104.
+# tiny-bert (43107 weights), all linear layers outside the classifier, the classifier trained
+# in full as a copy (peft modules_to_save; the frozen original stays):
+#   per layer q, k, v, o 4*8*(32+32) 2048 + 32->64 768 + 64->32 768 = 3584; two layers 7168
+#   pooler 8*(32+32) 512; classifier copy 32*3+3 99.  Trainable 7168 + 512 + 99 = 7779,
+#   total 43107 + 7779 = 50886.
+EXPECTED = {"causal_lm": (8192, 35104), "classification": (7779, 50886)}
+ADAPTER = re.compile(r"\.lora_[AB]\.default\.weight$")
+HEAD_COPY = re.compile(r"^base_model\.model\.classifier\.modules_to_save\.default\.(weight|bias)$")
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """``fitted(task)``: (run, probe) of four steps at lr 1e-2, once per task."""
+    runs = {}
+
+    def get(task: str):
+        if task not in runs:
+            cfg = core.compose_config(
+                ["strategy=lora", *core.QUICK_FIT, "trainer.max_steps=4"],
+                tmp_path_factory.mktemp("lora"),
+                task,
+            )
+            runs[task] = core.fit(cfg)
+        return runs[task]
+
+    return get
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_parameter_counts(fitted, task: str) -> None:
+    _, probe = fitted(task)
+    assert (probe.counts["trainable"], probe.counts["total"]) == EXPECTED[task]
+    assert probe.counts["r"] == 8
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_only_adapters_and_head_train(fitted, task: str) -> None:
+    _, probe = fitted(task)
+    expected = {n for n in probe.start if ADAPTER.search(n)}
+    if task == "classification":
+        expected |= {n for n in probe.start if HEAD_COPY.match(n)}
+    # llama: 2 layers x 7 linear x (A, B); bert: (2 layers x 6 + pooler) x (A, B) + head copy
+    assert len(expected) == {"causal_lm": 2 * 7 * 2, "classification": 13 * 2 + 2}[task]
+    assert probe.trainable == expected
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_frozen_weights_stay_and_adapters_move(fitted, task: str) -> None:
+    _, probe = fitted(task)
+    moved = {n for n in probe.start if not torch.equal(probe.start[n], probe.end[n])}
+    assert moved == probe.trainable  # every adapter (B starts at zero) and nothing else
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_alpha_defaults_to_twice_the_rank(fitted, task: str) -> None:
+    run, _ = fitted(task)
+    scalings = {
+        s["default"]
+        for m in run.module.model.modules()
+        if isinstance(s := getattr(m, "scaling", None), dict)
+    }
+    assert scalings == {2.0}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "trainable"),
+    [
+        (["strategy.r=4"], 4096),  # linear in r: 4 * 1024
+        (["strategy.r=16"], 16384),
+        # q 8*(32+32) 512 + v 8*(32+16) 384 = 896 per layer, two layers
+        (["strategy.target_modules=[q_proj,v_proj]"], 1792),
+    ],
+)
+def test_rank_and_targets_set_the_count(tmp_path, overrides, trainable) -> None:
+    from ftlight.assemble import build_run
+
+    run = build_run(core.compose_config(["strategy=lora", *overrides], tmp_path, "causal_lm"))
+    run.module.configure_model()
+    counts = run.strategy.describe(run.module.model)
+    assert (counts["trainable"], counts["total"]) == (trainable, 26912 + trainable)
+
+
+def test_unknown_target_module_is_a_config_error(tmp_path) -> None:
+    from ftlight.assemble import build_run
+
+    cfg = core.compose_config(
+        ["strategy=lora", "strategy.target_modules=[nope]"], tmp_path, "causal_lm"
+    )
+    run = build_run(cfg)
+    with pytest.raises(ConfigError, match=r"strategy.target_modules=\['nope'\] does not fit"):
+        run.module.configure_model()
+
+
+def test_loss_falls(tmp_path) -> None:
+    cfg = core.compose_config(
+        ["strategy=lora", *core.QUICK_FIT, "trainer.max_steps=12"], tmp_path, "causal_lm"
+    )
+    _, probe = core.fit(cfg)
+    first, last = probe.epoch_mean_losses()
+    assert last < first - 0.1, probe.losses

@@ -1,0 +1,84 @@
+"""``train(cfg)`` end to end: the run folder and ``metrics.json`` (DESIGN.md section 6)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+STRATEGIES = ("full", "head", "lora", "qlora")
+TASKS = ("causal_lm", "classification")
+ADAPTERS = {"lora", "qlora"}
+METRICS = {
+    "causal_lm": {"loss", "perplexity", "token_accuracy", "exact_match"},
+    "classification": {"loss", "accuracy", "f1_macro"},
+}
+MATRIX = [(s, t) for s in STRATEGIES for t in TASKS]
+
+
+@pytest.mark.parametrize(("strategy", "task"), MATRIX)
+def test_metrics_json(trained, strategy: str, task: str) -> None:
+    run = trained(strategy, task)
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["strategy"] == strategy
+    assert metrics["task"] == task
+    params = metrics["params"]
+    assert set(params) == {"trainable", "total"}
+    assert all(type(v) is int for v in params.values())
+    # what the strategy reported for the trained model (exact counts: the plugins' tests)
+    assert params == {k: run.probe.counts[k] for k in ("trainable", "total")}
+    assert 0 < params["trainable"] <= params["total"]
+    for phase in ("before", "after"):
+        values = metrics[phase]
+        assert set(values) == METRICS[task], phase
+        assert all(type(v) is float and math.isfinite(v) for v in values.values()), values
+    assert metrics["train"]["steps"] == 4
+
+
+@pytest.mark.parametrize(("strategy", "task"), MATRIX)
+def test_run_folder(trained, strategy: str, task: str) -> None:
+    run = trained(strategy, task)
+    names = {p.name for p in run.run_dir.iterdir()}
+    assert {"checkpoints", "metrics.json", "model"} <= names
+    assert ("adapter" in names) == (strategy in ADAPTERS)
+    assert (run.run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run.run_dir / "model" / "config.json").is_file()
+    expected = {"model": run.run_dir / "model"}
+    if strategy in ADAPTERS:
+        expected["adapter"] = run.run_dir / "adapter"
+        assert (run.run_dir / "adapter" / "adapter_config.json").is_file()
+    assert run.result.exports == expected
+    exported = json.loads((run.run_dir / "metrics.json").read_text())["exports"]
+    assert exported == {k: str(v) for k, v in expected.items()}
+    assert not [n for n in names if n.startswith(".") and "tmp" in n]  # no half-written export
+
+
+def test_evaluation_sees_the_training(trained) -> None:
+    """Full fine-tuning at lr 1e-2 on the training prompts lowers the held-out loss."""
+    metrics = trained("full", "causal_lm").result.metrics
+    assert metrics["after"]["loss"] < metrics["before"]["loss"] - 0.1
+
+
+def test_scheduler_steps_once_per_optimizer_step(trained) -> None:
+    """Cosine to zero over ``trainer.max_steps``: after the last step the rate is 0."""
+    trainer = trained("full", "causal_lm").result.trainer
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == trainer.global_step == 4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_command_line_run_folder(cli) -> None:
+    """Launched through the CLI, the run folder also holds Hydra's ``.hydra/``."""
+    result = cli["train"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = cli.root / "run"
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        assert (run_dir / ".hydra" / name).is_file(), name
+    for name in ("checkpoints/last.ckpt", "metrics.json", "model/config.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()  # default strategy: lora
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["strategy"], metrics["task"]) == ("lora", "causal_lm")
+    assert metrics["train"]["steps"] == 2
+    assert "trainer.max_steps=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()
