@@ -53,7 +53,10 @@ class Run:
         """Score the current model on ``split`` with the task's metrics (generation included)."""
         self.module.generate_in_eval = True
         self.module.reset_metrics()
-        gen0 = (getattr(self.task, "generated_tokens", 0), getattr(self.task, "generation_seconds", 0.0))
+        gen0 = (
+            getattr(self.task, "generated_tokens", 0),
+            getattr(self.task, "generation_seconds", 0.0),
+        )
         if split == "test":
             self.trainer.test(self.module, datamodule=self.data, verbose=False)
         else:
@@ -156,7 +159,9 @@ class Run:
                     "config_yaml": OmegaConf.to_yaml(self.cfg, resolve=False),
                 }
                 card = model_card(meta, before, after)
-                saver = ModelSaver(self.tokenizer, {k: v for k, v in meta.items() if k != "config_yaml"}, card)
+                saver = ModelSaver(
+                    self.tokenizer, {k: v for k, v in meta.items() if k != "config_yaml"}, card
+                )
                 with timed("export", log):
                     exports = self.strategy.export(model, saver, self.run_dir)
                 payload["exports"] = {k: str(v) for k, v in exports.items()}

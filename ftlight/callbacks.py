@@ -41,7 +41,12 @@ class ThroughputMonitor(L.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         """Accumulate tokens (a device tensor) and the loss; sync only every few steps."""
         ntok = real_tokens(batch)
@@ -64,7 +69,9 @@ class ThroughputMonitor(L.Callback):
             self._window_t0, self._window_tokens_start = now, total
             pl_module.log("train/tokens_per_s", rate, prog_bar=True, on_step=True)
             if self._flops_per_token:
-                pl_module.log("train/mfu", rate * self._flops_per_token / peak_flops(pl_module.device))
+                pl_module.log(
+                    "train/mfu", rate * self._flops_per_token / peak_flops(pl_module.device)
+                )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Summarise the timed part of training."""

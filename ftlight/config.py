@@ -29,7 +29,9 @@ class StrategyConfSearchPath(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         """Append ``file://<plugin>/conf`` for each registered plugin."""
         for name, package in sorted(conf_packages().items()):
-            search_path.append(provider=f"ftlight-plugin-{name}", path=f"file://{_package_dir(package)}")
+            search_path.append(
+                provider=f"ftlight-plugin-{name}", path=f"file://{_package_dir(package)}"
+            )
 
 
 @functools.cache

@@ -33,7 +33,7 @@ def evaluate_model(model: str, overrides: list[str], split: str = "validation") 
             meta = json.loads((model_dir / "ftlight.json").read_text())
         config = json.loads((model_dir / "config.json").read_text())
     given = {o.split("=", 1)[0] for o in overrides}
-    defaults = [f"model=hf", f"model.name_or_path={model_ref}", "strategy=full", "logger=none"]
+    defaults = ["model=hf", f"model.name_or_path={model_ref}", "strategy=full", "logger=none"]
     if "task" not in given and meta.get("task"):
         defaults.append(f"task={meta['task']}")
     with tempfile.TemporaryDirectory(prefix="ftlight-eval-") as tmp:

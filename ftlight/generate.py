@@ -78,7 +78,8 @@ class Generator:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     parser = argparse.ArgumentParser(
-        prog="ftlight-generate", description="Answer prompts with a model exported by ftlight-train."
+        prog="ftlight-generate",
+        description="Answer prompts with a model exported by ftlight-train.",
     )
     parser.add_argument("run", help="run folder (uses its model/ export) or a model folder")
     parser.add_argument("prompt", nargs="?", help="the prompt; '-' reads it from stdin")
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         gen = Generator(args.run)
     except FtlightError as err:
         parser.exit(2, f"ftlight-generate: {err}\n")
-    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict[str, str]] = (
+        [{"role": "system", "content": args.system}] if args.system else []
+    )
     opts = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "raw": args.raw}
     if not args.chat:
         if args.prompt is None:

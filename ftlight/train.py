@@ -10,8 +10,7 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError

@@ -18,12 +18,22 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def _run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "FTLIGHT_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
     cmd = [
-        sys.executable, "-m", "ftlight.train", "model=tiny-llama", "data=local",
+        sys.executable,
+        "-m",
+        "ftlight.train",
+        "model=tiny-llama",
+        "data=local",
         f"data.train_path={FIXTURES / 'alpaca_train.jsonl'}",
         f"data.val_path={FIXTURES / 'alpaca_val.jsonl'}",
-        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-        "trainer.max_steps=4", "trainer.max_epochs=-1", "task.max_new_tokens=4",
-        "callbacks.progress=null", f"hydra.run.dir={tmp_path / 'run'}", *overrides,
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.max_steps=4",
+        "trainer.max_epochs=-1",
+        "task.max_new_tokens=4",
+        "callbacks.progress=null",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *overrides,
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 

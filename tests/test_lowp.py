@@ -14,8 +14,13 @@ from ftlight.lowp import cast_frozen_linears
 def _tiny_lora() -> torch.nn.Module:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
     return get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))

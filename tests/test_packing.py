@@ -13,8 +13,15 @@ from ftlight.data.formats import SFTExample
 from ftlight.models.tiny import build_tiny_model
 
 SPEC = dict(
-    arch="llama", hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-    intermediate_size=64, max_positions=512, chat_template=True, seed=0,
+    arch="llama",
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=64,
+    max_positions=512,
+    chat_template=True,
+    seed=0,
 )
 
 

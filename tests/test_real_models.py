@@ -27,8 +27,14 @@ def test_smollm2_lora_demo_pipeline(tmp_path: Path) -> None:
     """The default job, shortened: SmolLM2 + LoRA on demo tickets, bf16, a few steps."""
     cfg = _cfg(
         tmp_path,
-        ["data.train_size=48", "data.val_size=8", "data.batch_size=4", "trainer.max_steps=12",
-         "task.max_new_tokens=48", "trainer.precision=bf16-mixed"],
+        [
+            "data.train_size=48",
+            "data.val_size=8",
+            "data.batch_size=4",
+            "trainer.max_steps=12",
+            "task.max_new_tokens=48",
+            "trainer.precision=bf16-mixed",
+        ],
     )
     result = train(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -61,8 +67,12 @@ def test_minilm_classification_learns_categories(tmp_path: Path) -> None:
     """experiment=demo-classify, shortened: accuracy rises well above the untrained head."""
     cfg = _cfg(
         tmp_path,
-        ["experiment=demo-classify", "data.train_size=240", "data.val_size=60",
-         "trainer.max_epochs=3"],
+        [
+            "experiment=demo-classify",
+            "data.train_size=240",
+            "data.val_size=60",
+            "trainer.max_epochs=3",
+        ],
     )
     train(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())

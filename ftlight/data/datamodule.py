@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -122,7 +123,7 @@ class FineTuneData(L.LightningDataModule):
             else:
                 self.labels = _label_info([ex.label for _, ex in examples["train"]])
             ids = {name: i for i, name in enumerate(self.labels.names)}
-            for split, rows in examples.items():
+            for rows in examples.values():
                 for where, ex in rows:
                     if _label_key(ex.label) not in ids:
                         raise DataError(
@@ -146,7 +147,9 @@ class FineTuneData(L.LightningDataModule):
         n_val = max(1, round(len(rows) * self.val_fraction))
         val = sorted(order[:n_val])
         train = sorted(order[n_val:])
-        log.info("held out %d of %d training rows for validation (seed %d)", n_val, len(rows), self.seed)
+        log.info(
+            "held out %d of %d training rows for validation (seed %d)", n_val, len(rows), self.seed
+        )
         return [rows[i] for i in train], [rows[i] for i in val]
 
     def _encode(self, split: str, rows: list[tuple[str, Any]]) -> list[dict[str, Any]]:
@@ -177,7 +180,11 @@ class FineTuneData(L.LightningDataModule):
             log.warning(
                 "%s: %d of %d rows longer than data.max_length=%s were truncated; %d dropped "
                 "(no response token left). Raise data.max_length to keep them whole.",
-                split, truncated, len(rows), self.max_length, dropped,
+                split,
+                truncated,
+                len(rows),
+                self.max_length,
+                dropped,
             )
         if not out:
             raise DataError(
@@ -231,7 +238,12 @@ class FineTuneData(L.LightningDataModule):
             collate = PadCollator(pad_id)
         if self.group_by_length:
             sampler: Any = LengthGroupedBatchSampler(
-                lengths, self.batch_size, shuffle=True, seed=self.seed, num_replicas=world, rank=rank
+                lengths,
+                self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                num_replicas=world,
+                rank=rank,
             )
         else:
             sampler = _ShuffledBatches(len(items), self.batch_size, self.seed, world, rank)
@@ -374,7 +386,8 @@ class _ShuffledBatches(torch.utils.data.Sampler):
         return iter(self._batches())
 
     def __len__(self) -> int:
-        return -(-(-(-self.n // self.batch_size)) // self.world)
+        batches = math.ceil(self.n / self.batch_size)
+        return math.ceil(batches / self.world)
 
 
 def _label_key(label: Any) -> str:
@@ -396,7 +409,9 @@ def _is_int(text: str) -> bool:
     return True
 
 
-def _prompt_and_reference(input_ids: list[int], labels: list[int], tokenizer: Any) -> dict[str, Any]:
+def _prompt_and_reference(
+    input_ids: list[int], labels: list[int], tokenizer: Any
+) -> dict[str, Any]:
     """Split an SFT row at its last answer: prompt ids for generation, reference text."""
     end = len(labels)
     while end > 0 and labels[end - 1] == -100:

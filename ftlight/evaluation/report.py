@@ -28,8 +28,16 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-_ORDER = {"exact_match": 0, "json/valid_json": 1, "json/exact_match": 2, "accuracy": 0,
-          "f1_macro": 1, "loss": 5, "perplexity": 6, "token_accuracy": 7}
+_ORDER = {
+    "exact_match": 0,
+    "json/valid_json": 1,
+    "json/exact_match": 2,
+    "accuracy": 0,
+    "f1_macro": 1,
+    "loss": 5,
+    "perplexity": 6,
+    "token_accuracy": 7,
+}
 
 
 def _fmt(value: float | None) -> str:
@@ -76,8 +84,10 @@ def plot_run(
         ax.plot(steps, losses, lw=0.8, alpha=0.5, label="train (micro-batch)")
         if len(losses) >= 10:
             k = max(2, len(losses) // 20)
-            smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
-                      for i in range(len(losses))]
+            smooth = [
+                sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+                for i in range(len(losses))
+            ]
             ax.plot(steps, smooth, lw=1.5, label=f"train (mean of {k})")
         if val_losses:
             vs, vl = zip(*val_losses, strict=True)

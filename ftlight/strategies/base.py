@@ -45,7 +45,9 @@ class Strategy:
         """The tensors a checkpoint must hold: by default every trainable parameter."""
         return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
-    def load_trainable_state_dict(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    def load_trainable_state_dict(
+        self, model: nn.Module, state: Mapping[str, torch.Tensor]
+    ) -> None:
         """Load what ``trainable_state_dict`` saved; every expected key must be present."""
         expected = set(self.trainable_state_dict(model))
         missing = sorted(expected - set(state))

@@ -33,7 +33,9 @@ def get_strategy_class(name: str) -> type[Strategy]:
         )
     cls = eps[name].load()
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise ConfigError(f"entry point {eps[name].value!r} for strategy {name!r} is not a Strategy")
+        raise ConfigError(
+            f"entry point {eps[name].value!r} for strategy {name!r} is not a Strategy"
+        )
     return cls
 
 

@@ -30,7 +30,7 @@ class LabelInfo:
 
 
 class Task:
-    """Base class of a task: ``kind`` says which data examples it takes ('sft' or 'classification')."""
+    """Base class of a task; ``kind`` names the examples it takes: 'sft' or 'classification'."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""

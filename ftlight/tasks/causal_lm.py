@@ -105,9 +105,7 @@ class CausalLMTask(Task):
         if n > 0:
             metrics["loss"].update(outputs.loss.detach().float(), weight=n)
             pred = outputs.logits[:, :-1].argmax(-1)
-            metrics["token_accuracy"].update(
-                ((pred == labels) & mask).sum().float() / n, weight=n
-            )
+            metrics["token_accuracy"].update(((pred == labels) & mask).sum().float() / n, weight=n)
         if model is not None and "exact_match" in metrics and "gen_input_ids" in batch:
             predictions = self.generate_text(
                 model, batch["gen_input_ids"], batch["gen_attention_mask"]

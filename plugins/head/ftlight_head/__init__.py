@@ -1,4 +1,4 @@
-"""The ``head`` strategy: transfer learning, the body frozen, the task head (+ last blocks) trains."""
+"""The ``head`` strategy: transfer learning; the body is frozen, the head (+ last blocks) trains."""
 
 from __future__ import annotations
 
