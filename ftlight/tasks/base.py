@@ -61,6 +61,8 @@ class Task:
         """Final values of one evaluation pass."""
         out: dict[str, float] = {}
         for key, metric in metrics.items():
+            if metric.update_count == 0:  # e.g. generation scores during a plain val pass
+                continue
             value = metric.compute()
             if isinstance(value, dict):
                 out.update({f"{key}/{k}" if k != key else k: float(v) for k, v in value.items()})
