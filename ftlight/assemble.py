@@ -156,6 +156,7 @@ class Run:
                     "data": self.data.describe(),
                     "params": payload["params"],
                     "labels": self.data.labels.names if self.data.labels else None,
+                    "instruction": self.data.instruction,
                     "config_yaml": OmegaConf.to_yaml(self.cfg, resolve=False),
                 }
                 card = model_card(meta, before, after)

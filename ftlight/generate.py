@@ -30,7 +30,9 @@ class Generator:
 
     def __init__(self, model_dir: str | Path, device: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         self.model_dir = find_model_dir(model_dir)
         meta_path = self.model_dir / "ftlight.json"
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -44,6 +46,15 @@ class Generator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).to(self.device).eval()
+
+    def with_instruction(self, text: str) -> str:
+        """``text`` laid out as an alpaca input under the instruction the model was trained on.
+
+        Runs whose training rows all shared one instruction (a task-specific fine-tune) record
+        it in the export; other runs take the text as it is.
+        """
+        instruction = self.meta.get("instruction")
+        return f"{instruction}\n\n{text}" if instruction else text
 
     @torch.no_grad()
     def answer(
@@ -88,6 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--raw", action="store_true", help="no chat template (prompt_completion)")
+    parser.add_argument(
+        "--no-instruction",
+        action="store_true",
+        help="send the prompt alone, without the instruction every training row shared",
+    )
     args = parser.parse_args(argv)
     try:
         gen = Generator(args.run)
@@ -101,11 +117,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.prompt is None:
             parser.error("give a prompt, '-' for stdin, or --chat")
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        if not args.no_instruction:
+            prompt = gen.with_instruction(prompt)
         print(gen.answer([*history, {"role": "user", "content": prompt}], **opts))
         return
     print(f"chatting with {gen.model_dir} (empty line or Ctrl-D to quit)")
     if args.prompt:
-        history.append({"role": "user", "content": args.prompt})
+        first = args.prompt if args.no_instruction else gen.with_instruction(args.prompt)
+        history.append({"role": "user", "content": first})
         reply = gen.answer(history, **opts)
         print(f"assistant> {reply}")
         history.append({"role": "assistant", "content": reply})

@@ -64,6 +64,7 @@ class FineTuneData(L.LightningDataModule):
         self.encoded: dict[str, list[dict[str, Any]]] = {}
         self.labels: LabelInfo | None = None
         self.stats: dict[str, Any] = {}
+        self.instruction: str | None = None
 
     # -- where records come from (subclasses) ---------------------------------------------
     def load_records(self) -> dict[str, tuple[str, list[dict[str, Any]]]]:
@@ -103,6 +104,12 @@ class FineTuneData(L.LightningDataModule):
         raw = self.load_records()
         if "train" not in raw:
             raise DataError("no training data: set data.train_path")
+        field = getattr(fmt, "instruction_field", None)
+        if field:
+            # one instruction for every row (a task-specific fine-tune): exported with the
+            # model so that ftlight-generate can lay out a bare input the way training did
+            seen = {str(r.get(field, "")).strip() for r in raw["train"][1]}
+            self.instruction = seen.pop() if len(seen) == 1 else None
         examples: dict[str, list[tuple[str, Any]]] = {}
         for split, (source, records) in raw.items():
             if not records:
