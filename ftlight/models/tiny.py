@@ -88,7 +88,12 @@ def build_tiny_model(root: Path, **spec: Any) -> Path:
 
 def _write_tiny(folder: Path, spec: dict[str, Any]) -> None:
     tok = build_tiny_tokenizer(spec["arch"], spec["chat_template"])
-    torch.manual_seed(spec["seed"])
+    with torch.random.fork_rng():  # building the cache must not reseed the caller's run
+        torch.manual_seed(spec["seed"])
+        _build_and_save(tok, folder, spec)
+
+
+def _build_and_save(tok: PreTrainedTokenizerFast, folder: Path, spec: dict[str, Any]) -> None:
     if spec["arch"] == "llama":
         config = LlamaConfig(
             vocab_size=len(tok),
