@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import ftlight_core_test_helpers as core  # loaded by plugins/conftest.py
 import pytest
 import torch
-
-
-def _core_test_helpers():
-    """The core's ``tests/conftest.py``: pytest applies a conftest only below its own folder."""
-    name = "ftlight_core_test_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[3] / "tests" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-core = _core_test_helpers()
-ftlight_cache = core.ftlight_cache  # autouse: a session FTLIGHT_CACHE, single-threaded torch
 
 # tiny-llama (conf/model/tiny-llama.yaml): vocab 4 specials + 256 bytes = 260, hidden 32,
 # 4 heads of 8 (q, o: 32x32), 2 kv heads (k, v: 32x16), mlp 64, 2 layers, head tied:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import ftlight_core_test_helpers as core  # loaded by plugins/conftest.py
 import pytest
 import torch
 from torch import nn
@@ -14,21 +13,6 @@ from transformers import PretrainedConfig, PreTrainedModel
 from ftlight.errors import ConfigError, FtlightError, ModelError
 from ftlight.tasks import CausalLMTask
 from ftlight_head import HeadStrategy
-
-
-def _core_test_helpers():
-    """The core's ``tests/conftest.py``: pytest applies a conftest only below its own folder."""
-    name = "ftlight_core_test_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[3] / "tests" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-core = _core_test_helpers()
-ftlight_cache = core.ftlight_cache  # autouse: a session FTLIGHT_CACHE, single-threaded torch
 
 # tiny-llama: 26912 weights with lm_head tied to the 260x32 embedding (see test_full.py). The
 # head strategy unties it: the head becomes its own 260*32 = 8320 weights, which train.

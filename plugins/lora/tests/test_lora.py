@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
+import ftlight_core_test_helpers as core  # loaded by plugins/conftest.py
 import pytest
 import torch
 
 from ftlight.errors import ConfigError
-
-
-def _core_test_helpers():
-    """The core's ``tests/conftest.py``: pytest applies a conftest only below its own folder."""
-    name = "ftlight_core_test_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[3] / "tests" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-core = _core_test_helpers()
-ftlight_cache = core.ftlight_cache  # autouse: a session FTLIGHT_CACHE, single-threaded torch
 
 # A rank-r adapter on an in x out linear layer adds r*(in + out) weights (A: r x in, B: out x r).
 # tiny-llama (hidden 32, kv 16, mlp 64, 2 layers; 26912 weights, see test_full.py), all linear

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import bitsandbytes as bnb
+import ftlight_core_test_helpers as core  # loaded by plugins/conftest.py
 import lightning as L
 import pytest
 import torch
@@ -15,21 +14,6 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ftlight_qlora import QLoRAStrategy
-
-
-def _core_test_helpers():
-    """The core's ``tests/conftest.py``: pytest applies a conftest only below its own folder."""
-    name = "ftlight_core_test_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[3] / "tests" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-core = _core_test_helpers()
-ftlight_cache = core.ftlight_cache  # autouse: a session FTLIGHT_CACHE, single-threaded torch
 
 # The same adapters as strategy=lora (see test_lora.py), and 4-bit weights are counted by
 # their unpacked size, so the counts are LoRA's:
@@ -143,7 +127,9 @@ def test_evaluation_before_training_keeps_gradients_flowing(tmp_path, task: str)
 
 
 @pytest.mark.skipif(
-    not bnb.functional.has_avx512bf16(), reason="no bf16 repacking on this CPU: nothing to guard"
+    not bnb.functional.has_avx512bf16(),
+    reason="control for the test above: bitsandbytes repacks 4-bit weights only on CPUs with "
+    "AVX512-BF16, so without it there is no trap to show (the test above still runs)",
 )
 def test_the_guard_is_what_keeps_them_flowing(tmp_path, monkeypatch) -> None:
     """The test above can fail: without the strategy's eval-mode guard, an evaluation first
