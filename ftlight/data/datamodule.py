@@ -205,10 +205,6 @@ class FineTuneData(L.LightningDataModule):
         """Reference answers of an SFT split, in the order they are evaluated."""
         return [r["reference"] for r in self.encoded.get(split, []) if "reference" in r]
 
-    def num_train_tokens(self) -> int:
-        """Real (non-padding) tokens in the training split."""
-        return sum(len(r["input_ids"]) for r in self.encoded["train"])
-
     # -- Lightning hooks ------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         """Prepare if ``train()`` has not already (e.g. when driven by a bare Trainer)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +193,3 @@ class TinyModel(HFModel):
             root = Path(self.cache_dir) if self.cache_dir else cache_root() / "tiny"
             self._path = str(build_tiny_model(root, **self.spec))
         return self._path
-
-
-def local_rank_zero_first() -> bool:
-    """True on the process that should fetch/convert first (global rank 0 or single process)."""
-    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"

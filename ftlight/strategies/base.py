@@ -27,8 +27,6 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
-    #: True when the export is an adapter over a frozen base (``adapter/`` folder).
-    produces_adapter: ClassVar[bool] = False
 
     def load_kwargs(self, task: Task) -> dict[str, Any]:
         """Extra ``from_pretrained`` arguments (quantisation config, dtype) for the base model."""

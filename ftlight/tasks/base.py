@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 from torchmetrics import Metric
 
@@ -70,8 +69,3 @@ class Task:
                 out[key] = float(value)
             metric.reset()
         return out
-
-
-def masked_token_count(labels: torch.Tensor) -> torch.Tensor:
-    """Number of positions a shifted causal-LM loss is computed over."""
-    return (labels[..., 1:] != -100).sum()

@@ -27,7 +27,6 @@ class LoRAStrategy(Strategy):
     """
 
     name: ClassVar[str] = "lora"
-    produces_adapter: ClassVar[bool] = True
 
     def __init__(
         self,
