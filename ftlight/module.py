@@ -98,10 +98,12 @@ class FineTuneModule(L.LightningModule):
         return self.model(**{k: batch[k] for k in _MODEL_INPUTS if k in batch}, use_cache=False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """One micro-batch: HF loss, logged without a host sync."""
-        out = self(batch)
-        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False)
-        return out.loss
+        """One micro-batch: the task's loss, logged without a host sync."""
+        loss = self.task.training_loss(
+            self.model, {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+        )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
 
     def on_validation_model_eval(self) -> None:
         """Eval mode, then let the strategy fix up layers that must not switch (4-bit on CPU)."""

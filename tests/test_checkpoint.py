@@ -184,11 +184,12 @@ def test_resume_after_preemption_replays_dropout(helpers, tmp_path, stop_at: int
 @pytest.mark.parametrize("strategy", ["head", "qlora", "full"])
 def test_resume_other_strategies(helpers, tmp_path, strategy: str) -> None:
     """Each strategy's checkpoint restores its own trainable state (head: the untied copy;
-    qlora: adapters, with their default dropout, over the 4-bit base) exactly."""
+    qlora: adapters, with dropout on, over the 4-bit base) exactly."""
+    dropout = ["strategy.dropout=0.1"] if strategy == "qlora" else []
 
     def run(name: str, *extra: str):
         cfg = helpers.compose(
-            [f"strategy={strategy}", *RESUME, *extra], tmp_path / name, "causal_lm"
+            [f"strategy={strategy}", *RESUME, *dropout, *extra], tmp_path / name, "causal_lm"
         )
         return helpers.train(cfg)
 

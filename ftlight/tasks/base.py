@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 from torchmetrics import Metric
 
@@ -45,6 +46,10 @@ class Task:
     def head_names(self, model: nn.Module) -> list[str]:
         """Names of the modules that form the task head."""
         raise NotImplementedError
+
+    def training_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """The loss to minimise on one micro-batch of model inputs (the model's own loss)."""
+        return model(**inputs, use_cache=False).loss
 
     def metrics(self) -> dict[str, Metric]:
         """Fresh metric objects for one evaluation pass, keyed by the name they log under."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import time
@@ -15,6 +17,10 @@ from transformers import AutoModelForCausalLM
 from ftlight.errors import ConfigError
 from ftlight.models.introspect import head_module_names
 from ftlight.tasks.base import LabelInfo, Task
+
+IGNORE_INDEX = -100
+AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly longer answer)
+AUTO_FALLBACK = 128  # max_new_tokens=auto without references to size it from
 
 
 class CausalLMTask(Task):
@@ -32,20 +38,31 @@ class CausalLMTask(Task):
     def __init__(
         self,
         generate: bool = True,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | str = "auto",
         output_format: str = "auto",
     ) -> None:
+        if max_new_tokens != "auto" and not (
+            isinstance(max_new_tokens, int) and max_new_tokens > 0
+        ):
+            raise ConfigError(
+                f"task.max_new_tokens={max_new_tokens!r}: expected a positive integer or 'auto' "
+                "(the longest evaluation reference plus a margin)"
+            )
         if output_format not in ("auto", "text", "json"):
             raise ConfigError(
                 f"task.output_format={output_format!r} is not one of auto, text, json"
             )
         self.generate = generate
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens_setting = max_new_tokens
+        self.max_new_tokens = AUTO_FALLBACK if max_new_tokens == "auto" else int(max_new_tokens)
         self.output_format = output_format
         self.json_fields: list[str] | None = None
         self.tokenizer: Any = None
         self.generated_tokens = 0
         self.generation_seconds = 0.0
+        #: None until the first training step finds out whether the model can project
+        #: only the labelled positions onto the vocabulary (``logits_to_keep`` as a mask)
+        self.sliced_loss: bool | None = None
 
     def auto_class(self) -> type:
         """``AutoModelForCausalLM``."""
@@ -59,9 +76,44 @@ class CausalLMTask(Task):
         """The output embedding (``lm_head``) and anything else outside the body."""
         return head_module_names(model)
 
+    def training_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the response tokens, projecting only their positions.
+
+        Prompt tokens carry no loss, so their logits are waste: on SFT rows most of a
+        sequence is prompt, and the vocabulary projection (and its float32 softmax) is a
+        large share of a small model's step. The hidden states of the positions that
+        predict a label go through ``lm_head`` (``logits_to_keep`` as a boolean mask, which
+        ``transformers`` models accept); the loss equals the model's own. Models that do
+        not take a mask fall back to their own loss, once detected.
+        """
+        labels = inputs.get("labels")
+        if labels is None or self.sliced_loss is False or not _takes_logits_to_keep(model):
+            return super().training_loss(model, inputs)
+        targets = labels[:, 1:]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets != IGNORE_INDEX
+        rest = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = model(**rest, use_cache=False, logits_to_keep=keep).logits
+        wanted = targets[keep[:, :-1]]
+        if logits.ndim != 2 or logits.shape[0] != wanted.shape[0]:
+            self.sliced_loss = False  # the model sliced some other way: use its own loss
+            return super().training_loss(model, inputs)
+        self.sliced_loss = True
+        return nn.functional.cross_entropy(logits.float(), wanted)
+
     def configure(self, tokenizer: Any, references: list[str]) -> None:
-        """Bind the tokenizer and pick the scoring of generated answers from the references."""
+        """Bind the tokenizer; size generation and pick the scoring from the references.
+
+        With ``max_new_tokens: auto`` generation stops ``AUTO_MARGIN`` tokens past the longest
+        reference: an answer longer than that cannot match, and a base model that rambles
+        does not cost a full fixed budget per prompt.
+        """
         self.tokenizer = tokenizer
+        if self.max_new_tokens_setting == "auto" and references:
+            longest = max(
+                len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"]
+            )
+            self.max_new_tokens = longest + AUTO_MARGIN
         if self.output_format == "text" or not references:
             self.json_fields = None
             return
@@ -100,7 +152,7 @@ class CausalLMTask(Task):
     ) -> None:
         """Token-weighted loss and accuracy; greedy generation when a model is passed."""
         labels = batch["labels"][:, 1:]
-        mask = labels != -100
+        mask = labels != IGNORE_INDEX
         n = mask.sum()
         if n > 0:
             metrics["loss"].update(outputs.loss.detach().float(), weight=n)
@@ -151,6 +203,20 @@ class CausalLMTask(Task):
         if "loss" in out:
             out["perplexity"] = math.exp(min(out["loss"], 50.0))
         return out
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the causal LM (under a PEFT wrapper or ``torch.compile``) has ``logits_to_keep``."""
+    inner = getattr(model, "_orig_mod", model)
+    get_base = getattr(inner, "get_base_model", None)
+    if callable(get_base):
+        inner = get_base()
+    return _forward_takes(type(inner), "logits_to_keep")
+
+
+@functools.cache
+def _forward_takes(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters
 
 
 def _as_json_object(text: str) -> dict[str, Any] | None:

@@ -32,7 +32,7 @@ class LoRAStrategy(Strategy):
         self,
         r: int = 8,
         alpha: float | None = None,
-        dropout: float = 0.05,
+        dropout: float = 0.0,
         target_modules: str | list[str] = "all-linear",
         bias: str = "none",
         use_rslora: bool = False,

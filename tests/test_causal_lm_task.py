@@ -1,0 +1,161 @@
+"""CausalLMTask: how long generation runs and how answers are scored."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ftlight.data.collate import PackCollator, PadCollator
+from ftlight.data.encode import encode_sft
+from ftlight.data.formats import SFTExample
+from ftlight.errors import ConfigError
+from ftlight.models.tiny import build_tiny_model, build_tiny_tokenizer
+from ftlight.tasks import CausalLMTask
+from ftlight.tasks.causal_lm import AUTO_FALLBACK, AUTO_MARGIN
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer("llama")
+
+
+def test_auto_generation_budget_follows_the_longest_reference(tokenizer) -> None:
+    refs = ["short", '{"category": "billing", "priority": "high"}', "mid length"]
+    task = CausalLMTask()
+    assert task.max_new_tokens == AUTO_FALLBACK  # before references are known
+    task.configure(tokenizer, refs)
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs)
+    assert longest == len(refs[1].encode())  # the tiny tokenizer spends one token per byte
+    assert task.max_new_tokens == longest + AUTO_MARGIN
+    assert task.json_fields is None  # not every reference is a JSON object
+
+
+def test_a_fixed_generation_budget_is_kept(tokenizer) -> None:
+    task = CausalLMTask(max_new_tokens=7)
+    task.configure(tokenizer, ["a much longer reference than seven tokens"])
+    assert task.max_new_tokens == 7
+
+
+def test_auto_without_references_falls_back(tokenizer) -> None:
+    task = CausalLMTask()
+    task.configure(tokenizer, [])
+    assert task.max_new_tokens == AUTO_FALLBACK
+
+
+@pytest.mark.parametrize("bad", [0, -3, "lots", 2.5])
+def test_bad_generation_budget_is_a_config_error(bad) -> None:
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        CausalLMTask(max_new_tokens=bad)
+
+
+# -- the training loss -------------------------------------------------------------------
+
+SPEC = dict(
+    arch="llama",
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=64,
+    max_positions=512,
+    chat_template=True,
+    seed=0,
+)
+
+
+def _batch(tokenizer, packed: bool = False) -> dict[str, torch.Tensor]:
+    pairs = [
+        ("Name the colour: the cat is red.", "red"),
+        ("Which is bigger, 3 or 7? Answer in a sentence.", "7 is bigger than 3."),
+        ("Translate to French: good morning", "bonjour"),
+    ]
+    rows = []
+    for prompt, answer in pairs:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        enc = encode_sft(SFTExample(messages), tokenizer, None)
+        rows.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    if packed:
+        total = sum(len(r["input_ids"]) for r in rows)
+        batch = PackCollator(total, tokenizer.pad_token_id)([rows[:2], rows[2:]])
+    else:
+        batch = PadCollator(tokenizer.pad_token_id)(rows)
+    return {k: v for k, v in batch.items() if k != "num_tokens"}
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny"), **SPEC)
+    tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").float()
+    return model, tok
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_sliced_loss_equals_the_models_own_loss_and_gradients(tiny_lm, packed: bool) -> None:
+    model, tok = tiny_lm
+    batch = _batch(tok, packed)
+    model.zero_grad()
+    reference = model(**batch, use_cache=False).loss
+    reference.backward()
+    want = _grads(model)
+
+    task = CausalLMTask()
+    model.zero_grad()
+    loss = task.training_loss(model, batch)
+    loss.backward()
+    assert task.sliced_loss is True  # the fast path ran, not the fallback
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+    got = _grads(model)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_sliced_loss_through_a_peft_wrapper(tiny_lm) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny_lm
+    peft_model = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0)
+    )
+    batch = _batch(tok)
+    task = CausalLMTask()
+    loss = task.training_loss(peft_model, batch)
+    assert task.sliced_loss is True
+    torch.testing.assert_close(loss, peft_model(**batch, use_cache=False).loss)
+
+
+class _OwnSlicing(nn.Module):
+    """A causal LM whose ``logits_to_keep`` only takes an int (keeps every position here)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=False,
+                position_ids=None, logits_to_keep=0):  # fmt: skip
+        return self.inner(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            use_cache=use_cache,
+        )
+
+
+def test_models_that_slice_otherwise_fall_back_to_their_own_loss(tiny_lm) -> None:
+    model, tok = tiny_lm
+    batch = _batch(tok)
+    task = CausalLMTask()
+    loss = task.training_loss(_OwnSlicing(model), batch)
+    assert task.sliced_loss is False
+    torch.testing.assert_close(loss, model(**batch, use_cache=False).loss)
