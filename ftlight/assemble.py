@@ -214,6 +214,8 @@ def build_run(cfg: DictConfig) -> Run:
         task=task,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),
+        compile=bool(cfg.get("compile", False)),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]

@@ -24,6 +24,9 @@ class FineTuneModule(L.LightningModule):
     ``optimizer`` is a partial taking the parameters; ``scheduler`` a partial taking the
     optimizer and the total number of optimizer steps. ``weight_decay`` overrides the
     optimizer's own rate for weight matrices (``None`` keeps it).
+    ``activation_checkpointing`` recomputes each transformer block's activations in the
+    backward pass (less memory, more compute); ``compile`` compiles each block with
+    ``torch.compile`` (dynamic shapes; the first steps pay for compilation).
     """
 
     def __init__(
@@ -35,11 +38,15 @@ class FineTuneModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         weight_decay: float | None = None,
         frozen_dtype: torch.dtype | None = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         #: dtype to keep frozen linear weights in (the autocast dtype), or None
         self.frozen_dtype = frozen_dtype
         self.frozen_cast = 0
+        self.activation_checkpointing = activation_checkpointing
+        self.compile_blocks = compile
         self.model = model
         self.strategy = strategy
         self.task = task
@@ -65,6 +72,11 @@ class FineTuneModule(L.LightningModule):
                 from ftlight.lowp import cast_frozen_linears
 
                 self.frozen_cast = cast_frozen_linears(self.model, self.frozen_dtype)
+            if self.activation_checkpointing:
+                _enable_activation_checkpointing(self.model)
+            if self.compile_blocks:
+                for block in self.strategy.shard_units(self.model):
+                    block.compile(dynamic=True)
             info = self.strategy.describe(self.model)
             log.info(
                 "strategy=%s: %s trainable of %s parameters (%.2f%%)",
@@ -209,3 +221,18 @@ class FineTuneModule(L.LightningModule):
         if self._resume_rng is not None:
             torch.set_rng_state(self._resume_rng)
             self._resume_rng = None
+
+
+def _enable_activation_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of every block of a ``transformers`` model."""
+    from ftlight.errors import ConfigError
+
+    get_base = getattr(model, "get_base_model", None)  # PEFT wrappers
+    hf = get_base() if callable(get_base) else model
+    enable = getattr(hf, "activation_checkpointing_enable", None)
+    if enable is None or not getattr(hf, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"activation_checkpointing=true, but {type(hf).__name__} does not support it; "
+            "set activation_checkpointing=false"
+        )
+    enable(activation_checkpointing_kwargs={"use_reentrant": False})

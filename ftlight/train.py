@@ -46,13 +46,32 @@ def train(cfg: DictConfig) -> RunResult:
         with timed("evaluate before training", log):
             before = run.evaluate(ev.split)
     module.generate_in_eval = bool(ev.generate_during_fit)
-    with timed("train", log):
-        trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    limit_val = trainer.limit_val_batches
+    if _after_eval_repeats_fit_validation(trainer, ev):
+        trainer.limit_val_batches = 0  # the evaluation after training logs the same val/loss
+    try:
+        with timed("train", log):
+            trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    finally:
+        trainer.limit_val_batches = limit_val
     after: dict[str, float] = {}
     if ev.after:
         with timed("evaluate after training", log):
             after = run.evaluate(ev.split)
     return run.finish(before, after, export=bool(ev.export), plots=bool(ev.plots))
+
+
+def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bool:
+    """A one-epoch fit validates once, at its end, on the split the evaluation after training
+    scores right away (logging ``val/*`` at the same step): that pass would be done twice."""
+    return (
+        bool(ev.after)
+        and ev.split == "validation"
+        and not ev.generate_during_fit
+        and trainer.max_epochs == 1
+        and trainer.val_check_interval == 1.0
+        and trainer.check_val_every_n_epoch == 1
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

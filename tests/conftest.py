@@ -114,14 +114,17 @@ class Probe(L.Callback):
         self.inputs: dict[str, torch.Tensor] = {}
         self.logits: torch.Tensor | None = None
         self.eval_mode_modules: list[str] | None = None
+        self.fit_validations = 0  # validation passes run by fit() itself
 
     def _record_start(self, module: L.LightningModule) -> None:
         if not self.start:  # the first evaluation or fit, right after the strategy was applied
             self.start = snapshot(module.model)
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        """Before an evaluation that precedes training."""
+        """Before an evaluation that precedes training (or one that fit() runs)."""
         self._record_start(module)
+        if trainer.state.fn == "fit":
+            self.fit_validations += 1
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Before the first training step."""

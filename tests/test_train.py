@@ -68,6 +68,31 @@ def test_scheduler_steps_once_per_optimizer_step(trained) -> None:
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize(("epochs", "fit_validations"), [(1, 0), (2, 2)])
+def test_one_epoch_fit_leaves_validation_to_the_evaluation_after(
+    helpers, tmp_path, epochs: int, fit_validations: int
+) -> None:
+    """A one-epoch fit would validate once, at its end, on the split the evaluation after
+    training scores at the same step: that pass is skipped. Longer fits keep theirs."""
+    cfg = helpers.compose(
+        [f"trainer.max_epochs={epochs}", "eval.export=false", "callbacks.checkpoint=null",
+         "trainer.enable_checkpointing=false"],
+        tmp_path,
+        "causal_lm",
+    )  # fmt: skip
+    result, probe = helpers.train(cfg)
+    assert probe.fit_validations == fit_validations
+    assert result.trainer.limit_val_batches == 1.0  # restored for later evaluations
+    after = result.metrics["after"]
+    assert math.isfinite(after["loss"]) and "exact_match" in after
+    monitor = next(cb for cb in result.trainer.callbacks if hasattr(cb, "val_losses"))
+    steps = [step for step, _ in monitor.val_losses]
+    final = result.trainer.global_step
+    # one point per pass: before (step 0), each epoch end in fit, after (final step)
+    expected = {1: [0, final], 2: [0, final // 2, final, final]}[epochs]
+    assert steps == expected
+
+
 def test_command_line_run_folder(cli) -> None:
     """Launched through the CLI, the run folder also holds Hydra's ``.hydra/``."""
     result = cli["train"]
