@@ -170,3 +170,61 @@ def test_cosine_decays_monotonically() -> None:
 def test_bad_schedule_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         WarmupSchedule(**kwargs)
+
+
+# -- step trade-offs: activation checkpointing and torch.compile ---------------------------
+
+STEP_RUN = [
+    "eval.before=false",
+    "eval.after=false",
+    "eval.export=false",
+    "trainer.max_steps=2",
+    "optimizer.lr=1e-2",
+    "scheduler=constant",
+    "scheduler.warmup_ratio=0",
+    "callbacks.checkpoint=null",
+    "trainer.enable_checkpointing=false",
+]
+
+
+def _trained_weights(helpers, tmp_path, *extra: str) -> tuple[dict, list[float]]:
+    cfg = helpers.compose([*STEP_RUN, *extra], tmp_path, "causal_lm")
+    _, probe = helpers.fit(cfg)
+    trained = {n: probe.end[n] for n in probe.trainable}
+    return trained, probe.losses
+
+
+def test_activation_checkpointing_trains_identically(helpers, tmp_path) -> None:
+    """Recomputing block activations in backward changes memory, not results."""
+    plain, plain_losses = _trained_weights(helpers, tmp_path / "plain")
+    ckpt, ckpt_losses = _trained_weights(
+        helpers, tmp_path / "ckpt", "activation_checkpointing=true"
+    )
+    assert ckpt_losses == pytest.approx(plain_losses, abs=1e-6)
+    assert ckpt.keys() == plain.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_activation_checkpointing_is_on_in_training(helpers, tmp_path) -> None:
+    cfg = helpers.compose([*STEP_RUN, "activation_checkpointing=true"], tmp_path, "causal_lm")
+    run, _ = helpers.fit(cfg)
+    base = run.module.model.get_base_model()
+    assert base.is_activation_checkpointing
+
+
+def test_activation_checkpointing_needs_model_support(helpers, tmp_path) -> None:
+    from ftlight.module import _enable_activation_checkpointing
+
+    with pytest.raises(ConfigError, match="activation_checkpointing=false"):
+        _enable_activation_checkpointing(nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones(helpers, tmp_path) -> None:
+    """torch.compile of each block (dynamic shapes) gives the eager losses and weights."""
+    eager, eager_losses = _trained_weights(helpers, tmp_path / "eager")
+    compiled, compiled_losses = _trained_weights(helpers, tmp_path / "compiled", "compile=true")
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -41,6 +41,7 @@ class FineTuneData(L.LightningDataModule):
         group_by_length: bool = True,
         num_workers: int = 0,
         label_names: list[str] | None = None,
+        cache_tokenized: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -59,6 +60,7 @@ class FineTuneData(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.num_workers = num_workers
         self.label_names = [str(x) for x in label_names] if label_names else None
+        self.cache_tokenized = cache_tokenized
         self.tokenizer: Any = None
         self.task: Task | None = None
         self.encoded: dict[str, list[dict[str, Any]]] = {}
@@ -140,8 +142,46 @@ class FineTuneData(L.LightningDataModule):
                             "with it."
                         )
             self._label_ids = ids
+        self._tokenize(examples)
+
+    def _tokenize(self, examples: dict[str, list[tuple[str, Any]]]) -> None:
+        """Encode every split, or take the result of an identical earlier run from the cache."""
+        from ftlight.data import cache
+
+        folder = key = None
+        if self.cache_tokenized:
+            from ftlight.models.pypi import cache_root
+
+            folder = cache_root() / "tokenized"
+            settings = {
+                "max_length": self.max_length,
+                "kind": self.task.kind if self.task else None,
+                "labels": getattr(self, "_label_ids", None),
+            }
+            key = cache.cache_key(examples, self.tokenizer, settings)
+            entry = cache.load(folder, key)
+            if entry is not None:
+                self.encoded, self.stats = entry["encoded"], entry["stats"]
+                log.info("tokenised data read from the cache (%s)", folder / f"{key}.pkl")
+                for split, stats in self.stats.items():
+                    self._warn_truncated(split, stats)
+                return
         for split, rows in examples.items():
             self.encoded[split] = self._encode(split, rows)
+        if folder is not None and key is not None:
+            cache.save(folder, key, self.encoded, self.stats)
+
+    def _warn_truncated(self, split: str, stats: dict[str, int]) -> None:
+        if stats["truncated"] or stats["dropped"]:
+            log.warning(
+                "%s: %d of %d rows longer than data.max_length=%s were truncated; %d dropped "
+                "(no response token left). Raise data.max_length to keep them whole.",
+                split,
+                stats["truncated"],
+                stats["rows"] + stats["dropped"],
+                self.max_length,
+                stats["dropped"],
+            )
 
     def _hold_out(self, rows: list[Any]) -> tuple[list[Any], list[Any]]:
         if len(rows) < 2:
@@ -183,16 +223,7 @@ class FineTuneData(L.LightningDataModule):
             truncated += int(enc.truncated)
             out.append(row)
         self.stats[split] = {"rows": len(out), "truncated": truncated, "dropped": dropped}
-        if truncated or dropped:
-            log.warning(
-                "%s: %d of %d rows longer than data.max_length=%s were truncated; %d dropped "
-                "(no response token left). Raise data.max_length to keep them whole.",
-                split,
-                truncated,
-                len(rows),
-                self.max_length,
-                dropped,
-            )
+        self._warn_truncated(split, self.stats[split])
         if not out:
             raise DataError(
                 f"the {split} split is empty after tokenisation: every row lost its response "
