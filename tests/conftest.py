@@ -238,6 +238,25 @@ def compose() -> Callable[..., DictConfig]:
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with a chat template (a local folder), built once per session."""
+    from ftlight.models.tiny import build_tiny_model
+
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny-chat-llama"),
+        arch="llama",
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        max_positions=512,
+        chat_template=True,
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="session")
 def helpers() -> SimpleNamespace:
     """This file's helpers, for tests that drive runs themselves."""
     return SimpleNamespace(

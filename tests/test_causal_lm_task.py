@@ -13,7 +13,7 @@ from ftlight.data.collate import PackCollator, PadCollator
 from ftlight.data.encode import encode_sft
 from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
-from ftlight.models.tiny import build_tiny_model, build_tiny_tokenizer
+from ftlight.models.tiny import build_tiny_tokenizer
 from ftlight.tasks import CausalLMTask
 from ftlight.tasks.causal_lm import AUTO_FALLBACK, AUTO_MARGIN
 
@@ -54,18 +54,6 @@ def test_bad_generation_budget_is_a_config_error(bad) -> None:
 
 # -- the training loss -------------------------------------------------------------------
 
-SPEC = dict(
-    arch="llama",
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    intermediate_size=64,
-    max_positions=512,
-    chat_template=True,
-    seed=0,
-)
-
 
 def _batch(tokenizer, packed: bool = False) -> dict[str, torch.Tensor]:
     pairs = [
@@ -91,8 +79,8 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    folder = build_tiny_model(tmp_path_factory.mktemp("tiny"), **SPEC)
+def tiny_lm(tiny_chat_llama):
+    folder = tiny_chat_llama
     tok = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").float()

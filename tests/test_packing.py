@@ -10,19 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ftlight.data.collate import PackCollator, PadCollator, pack_rows
 from ftlight.data.encode import encode_sft
 from ftlight.data.formats import SFTExample
-from ftlight.models.tiny import build_tiny_model
-
-SPEC = dict(
-    arch="llama",
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    intermediate_size=64,
-    max_positions=512,
-    chat_template=True,
-    seed=0,
-)
 
 
 def _rows(tokenizer) -> list[dict]:
@@ -48,8 +35,8 @@ def _loss_and_grads(model, batch: dict) -> tuple[torch.Tensor, dict[str, torch.T
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_packed_batch_matches_padded_batch(tmp_path: Path) -> None:
-    folder = build_tiny_model(tmp_path, **SPEC)
+def test_packed_batch_matches_padded_batch(tiny_chat_llama: Path) -> None:
+    folder = tiny_chat_llama
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").float()
