@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ftlight.allocator import preload_command
+
 IGNORE_INDEX = -100
 RESULT_PREFIX = "BENCH_JSON: "
 """A child process prints its result as one line starting with this prefix."""
@@ -184,10 +186,18 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "allocator": _allocator(),
     }
     for name in ("transformers", "peft", "lightning", "accelerate", "bitsandbytes", "trl"):
         info[name] = _version(name)
     return info
+
+
+def _allocator() -> str:
+    """The malloc every system's process runs on: the library preloaded, or the C library's."""
+    plan = preload_command()
+    env = plan[1] if plan is not None else os.environ
+    return env.get("FTLIGHT_ALLOCATOR_ACTIVE") or env.get("LD_PRELOAD") or "system malloc"
 
 
 def _version(package: str) -> str | None:
@@ -205,6 +215,9 @@ def run_child(cmd: Sequence[str], timeout: float, log_path: Path) -> dict[str, A
     The child's stderr (progress bars, warnings) goes to ``log_path``.
     """
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    plan = preload_command(env)  # the malloc ftlight-train would run on (FTLIGHT_ALLOCATOR)
+    if plan is not None:
+        env = plan[1]
     with open(log_path, "w") as log:
         try:
             proc = subprocess.run(

@@ -235,7 +235,8 @@ def parent_main(opts: argparse.Namespace) -> int:
     print(f"# ftlight throughput benchmark: {opts.model}, {opts.precision}, device {device}")
     print(
         f"machine: {machine['cpu']} | {machine['cores']} cores, torch threads "
-        f"{machine['torch_threads']} | load avg {machine['load_avg']} | GPU {machine['gpu']}"
+        f"{machine['torch_threads']} | load avg {machine['load_avg']} | GPU {machine['gpu']} | "
+        f"malloc {machine['allocator']}"
     )
     print(
         f"versions: torch {machine['torch']}, transformers {machine['transformers']}, peft "

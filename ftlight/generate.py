@@ -142,4 +142,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from ftlight.allocator import use_fast_allocator
+
+    use_fast_allocator()
     main()

@@ -12,6 +12,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from ftlight.allocator import describe as describe_allocator
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError
 from ftlight.utils import timed
@@ -77,6 +78,7 @@ def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bo
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _main(cfg: DictConfig) -> float | None:
     logging.getLogger("ftlight").setLevel(logging.INFO)
+    log.info("%s", describe_allocator())
     try:
         result = train(cfg)
     except FtlightError as err:
@@ -93,4 +95,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from ftlight.allocator import use_fast_allocator
+
+    use_fast_allocator()
     main()

@@ -1,0 +1,107 @@
+"""Run ftlight's commands on jemalloc or tcmalloc when the machine has one.
+
+Training with variable batch shapes (length-grouped, dynamically padded rows) fragments
+glibc's heap: on a 2-core CPU, SmolLM2-135M + LoRA slowed from about 290 to 245 real tokens/s
+over 150 steps while resident memory grew from 3.0 to 4.0 GB. Under jemalloc the same steps
+held 270-300 tokens/s at a flat 2.8 GB. An allocator can only be chosen before the process
+starts, so the console entry points re-execute themselves once with the library in
+``LD_PRELOAD``, as PyTorch's own CPU launcher does.
+
+``FTLIGHT_ALLOCATOR`` controls it: ``auto`` (default) uses the first library found, ``system``
+keeps the C library's malloc, and a path preloads that file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ENV = "FTLIGHT_ALLOCATOR"
+_DONE = "FTLIGHT_ALLOCATOR_ACTIVE"
+LIBRARIES = (
+    "libjemalloc.so.2",
+    "libjemalloc.so",
+    "libtcmalloc_minimal.so.4",
+    "libtcmalloc.so.4",
+)
+
+
+def search_dirs() -> list[Path]:
+    """Library folders to look in: the environment's own ``lib``, then the system's."""
+    dirs = [Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"]
+    multiarch = getattr(sys.implementation, "_multiarch", None)
+    for root in ("/usr/local/lib", "/usr/lib", "/lib"):
+        if multiarch:
+            dirs.append(Path(root) / multiarch)
+        dirs.append(Path(root))
+    dirs.append(Path("/usr/lib64"))
+    return list(dict.fromkeys(dirs))
+
+
+def find_allocator(dirs: list[Path] | None = None) -> Path | None:
+    """The first jemalloc or tcmalloc shared library found, or None."""
+    for name in LIBRARIES:
+        for folder in dirs if dirs is not None else search_dirs():
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _already_fast(env: dict[str, str]) -> bool:
+    preload = env.get("LD_PRELOAD", "")
+    return bool(env.get(_DONE)) or any(tag in preload for tag in ("jemalloc", "tcmalloc"))
+
+
+def preload_command(
+    env: dict[str, str] | None = None, dirs: list[Path] | None = None
+) -> tuple[list[str], dict[str, str]] | None:
+    """The command and environment to re-execute with, or None to carry on as we are."""
+    env = dict(os.environ if env is None else env)
+    choice = env.get(ENV, "auto").strip()
+    if not sys.platform.startswith("linux") or choice in ("system", "off", "none", "0"):
+        return None
+    if _already_fast(env):
+        return None
+    if choice in ("auto", ""):
+        lib = find_allocator(dirs)
+        if lib is None:
+            return None
+    else:
+        lib = Path(choice)
+        if not lib.is_file():
+            raise SystemExit(
+                f"{ENV}={choice!r}: no such file. Expected 'auto', 'system' or the path of a "
+                "malloc library such as /usr/lib/x86_64-linux-gnu/libjemalloc.so.2."
+            )
+    env["LD_PRELOAD"] = " ".join(p for p in (str(lib), env.get("LD_PRELOAD", "")) if p)
+    env[_DONE] = str(lib)
+    return [sys.executable, *sys.orig_argv[1:]], env
+
+
+def describe() -> str:
+    """One line for the log: the malloc this process runs on, with a hint when it is glibc's."""
+    active = os.environ.get(_DONE)
+    if active or _already_fast(dict(os.environ)):
+        return f"host malloc: {active or os.environ.get('LD_PRELOAD')}"
+    if os.environ.get(ENV, "auto") in ("auto", "") and sys.platform.startswith("linux"):
+        return (
+            "host malloc: the C library's; install jemalloc (apt-get install libjemalloc2) for "
+            "faster, steadier CPU training: ftlight's commands preload it when found"
+        )
+    return "host malloc: the C library's"
+
+
+def use_fast_allocator() -> None:
+    """Re-execute this command under jemalloc/tcmalloc if one is installed (see module doc).
+
+    Call it first thing in a console entry point, before anything heavy is imported; it returns
+    when no library is found, when one is already loaded, or when ``FTLIGHT_ALLOCATOR=system``.
+    """
+    plan = preload_command()
+    if plan is None:
+        return
+    argv, env = plan
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)

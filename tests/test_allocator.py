@@ -1,0 +1,120 @@
+"""The console commands re-execute once under jemalloc/tcmalloc when one is installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftlight import allocator
+
+PROBE = (
+    "from ftlight.allocator import use_fast_allocator\n"
+    "use_fast_allocator()\n"
+    "import os, sys\n"
+    "maps = open('/proc/self/maps').read()\n"
+    "print(os.environ.get('LD_PRELOAD', ''))\n"
+    "print(sys.argv[1:])\n"
+    "print(sys.argv[1] in maps if len(sys.argv) > 1 else '')\n"
+)
+
+
+def _lib(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(b"\x7fELF")
+    return path
+
+
+def test_jemalloc_is_preferred_over_tcmalloc_in_any_folder(tmp_path: Path) -> None:
+    _lib(tmp_path / "a", "libtcmalloc_minimal.so.4")
+    je = _lib(tmp_path / "b", "libjemalloc.so.2")
+    assert allocator.find_allocator([tmp_path / "a", tmp_path / "b"]) == je
+    assert allocator.find_allocator([tmp_path / "empty"]) is None
+
+
+def test_auto_prepends_the_library_and_reruns_the_same_command(tmp_path: Path) -> None:
+    je = _lib(tmp_path, "libjemalloc.so.2")
+    argv, env = allocator.preload_command({"LD_PRELOAD": "/opt/other.so"}, [tmp_path])
+    assert env["LD_PRELOAD"] == f"{je} /opt/other.so"
+    assert argv == [sys.executable, *sys.orig_argv[1:]]
+    # the re-executed process sees the marker and goes on
+    assert allocator.preload_command(env, [tmp_path]) is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FTLIGHT_ALLOCATOR": "system"},
+        {"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"},
+        {"FTLIGHT_ALLOCATOR_ACTIVE": "/x/libjemalloc.so.2"},
+    ],
+)
+def test_left_alone_when_asked_or_already_fast(tmp_path: Path, env: dict[str, str]) -> None:
+    _lib(tmp_path, "libjemalloc.so.2")
+    assert allocator.preload_command(env, [tmp_path]) is None
+
+
+def test_nothing_installed_means_no_reexec(tmp_path: Path) -> None:
+    assert allocator.preload_command({}, [tmp_path]) is None
+
+
+def test_a_missing_explicit_library_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="FTLIGHT_ALLOCATOR='/nope/libjemalloc.so.2': no such"):
+        allocator.preload_command({"FTLIGHT_ALLOCATOR": "/nope/libjemalloc.so.2"}, [tmp_path])
+
+
+def _harmless_shared_library() -> Path:
+    # a library a bare interpreter does not load, so finding it mapped proves the preload
+    for name in ("libz.so.1", "liblzma.so.5", "libbz2.so.1.0"):
+        for folder in allocator.search_dirs():
+            if (folder / name).is_file():
+                return folder / name
+    pytest.skip("no spare shared library to preload")
+
+
+def _probe(env_extra: dict[str, str], *args: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FTLIGHT_ALLOCATOR")}
+    env.pop("FTLIGHT_ALLOCATOR_ACTIVE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        env={**env, **env_extra},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return out.stdout.splitlines()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+def test_the_process_really_restarts_with_the_library_loaded() -> None:
+    lib = _harmless_shared_library()
+    preload, argv, loaded = _probe({"FTLIGHT_ALLOCATOR": str(lib)}, str(lib), "--flag")
+    assert preload == str(lib)
+    assert argv == f"[{str(lib)!r}, '--flag']"
+    assert loaded == "True"
+
+
+@pytest.mark.skipif(allocator.find_allocator() is None, reason="no jemalloc/tcmalloc installed")
+def test_auto_loads_the_installed_allocator() -> None:
+    lib = allocator.find_allocator()
+    preload, _, loaded = _probe({}, str(lib))
+    assert preload == str(lib) and loaded == "True"
+
+
+def test_the_log_line_names_the_library_or_says_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FTLIGHT_ALLOCATOR_ACTIVE", "/usr/lib/libjemalloc.so.2")
+    assert allocator.describe() == "host malloc: /usr/lib/libjemalloc.so.2"
+    monkeypatch.delenv("FTLIGHT_ALLOCATOR_ACTIVE")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv("FTLIGHT_ALLOCATOR", "system")
+    assert allocator.describe() == "host malloc: the C library's"
+    monkeypatch.setenv("FTLIGHT_ALLOCATOR", "auto")
+    if sys.platform.startswith("linux"):
+        assert "apt-get install libjemalloc2" in allocator.describe()
