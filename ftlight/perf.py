@@ -23,8 +23,17 @@ def _measured_peak(device_type: str, index: int | None, dtype: torch.dtype) -> f
     n = 2048 if device_type == "cpu" else 8192
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    reps = 3 if device_type == "cpu" else 20
+    reps = 6 if device_type == "cpu" else 20
     (a @ b).sum().item()
+    if device_type == "cpu":
+        # the fastest of several single products: a busy machine slows some of them, and the
+        # peak is what the hardware can do, so interference must not lower it (raising MFU)
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return 2.0 * n**3 / best
     start = time.perf_counter()
     for _ in range(reps):
         c = a @ b

@@ -1,4 +1,4 @@
-"""The console commands re-execute once under jemalloc/tcmalloc when one is installed."""
+"""The console commands re-execute once under tcmalloc/jemalloc when one is installed."""
 
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ def _lib(folder: Path, name: str) -> Path:
     return path
 
 
-def test_jemalloc_is_preferred_over_tcmalloc_in_any_folder(tmp_path: Path) -> None:
-    _lib(tmp_path / "a", "libtcmalloc_minimal.so.4")
-    je = _lib(tmp_path / "b", "libjemalloc.so.2")
-    assert allocator.find_allocator([tmp_path / "a", tmp_path / "b"]) == je
+def test_tcmalloc_is_preferred_over_jemalloc_in_any_folder(tmp_path: Path) -> None:
+    _lib(tmp_path / "a", "libjemalloc.so.2")
+    tc = _lib(tmp_path / "b", "libtcmalloc_minimal.so.4")
+    assert allocator.find_allocator([tmp_path / "a", tmp_path / "b"]) == tc
+    assert allocator.find_allocator([tmp_path / "a"]) == tmp_path / "a" / "libjemalloc.so.2"
     assert allocator.find_allocator([tmp_path / "empty"]) is None
 
 
@@ -117,4 +118,4 @@ def test_the_log_line_names_the_library_or_says_how_to_get_one(
     assert allocator.describe() == "host malloc: the C library's"
     monkeypatch.setenv("FTLIGHT_ALLOCATOR", "auto")
     if sys.platform.startswith("linux"):
-        assert "apt-get install libjemalloc2" in allocator.describe()
+        assert "apt-get install libtcmalloc-minimal4" in allocator.describe()
