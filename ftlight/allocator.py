@@ -73,7 +73,7 @@ def preload_command(
         if not lib.is_file():
             raise SystemExit(
                 f"{ENV}={choice!r}: no such file. Expected 'auto', 'system' or the path of a "
-                "malloc library such as /usr/lib/x86_64-linux-gnu/libjemalloc.so.2."
+                "malloc library such as /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4."
             )
     env["LD_PRELOAD"] = " ".join(p for p in (str(lib), env.get("LD_PRELOAD", "")) if p)
     env[_DONE] = str(lib)
