@@ -4,7 +4,7 @@ Training with variable batch shapes (length-grouped, dynamically padded rows) fr
 glibc's heap. On a 2-core CPU, SmolLM2-135M + LoRA with glibc's malloc slowed from about 290
 to 245 real tokens/s over 150 steps while resident memory grew from 3.0 to 4.0 GB. The same
 steps averaged about 285 tokens/s under jemalloc and about 350 under tcmalloc, at a flat
-2.9-3.0 GB, and base-model generation took 39 s under tcmalloc against 47 s. An allocator
+2.8-3.0 GB, and base-model generation took 39 s under tcmalloc against 47 s. An allocator
 can only be chosen before the process starts, so the console entry points re-execute
 themselves once with the library in ``LD_PRELOAD``, as PyTorch's own CPU launcher does.
 
@@ -94,13 +94,13 @@ def describe() -> str:
     return "host malloc: the C library's"
 
 
-def use_fast_allocator() -> None:
+def use_fast_allocator(dirs: list[Path] | None = None) -> None:
     """Re-execute this command under tcmalloc/jemalloc if one is installed (see module doc).
 
     Call it first thing in a console entry point, before anything heavy is imported; it returns
     when no library is found, when one is already loaded, or when ``FTLIGHT_ALLOCATOR=system``.
     """
-    plan = preload_command()
+    plan = preload_command(dirs=dirs)
     if plan is None:
         return
     argv, env = plan

@@ -95,6 +95,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # `python -m ftlight.train` restarts after the imports above; `ftlight-train` restarts first
     from ftlight.allocator import use_fast_allocator
 
     use_fast_allocator()

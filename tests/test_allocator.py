@@ -12,9 +12,11 @@ import pytest
 from ftlight import allocator
 
 PROBE = (
-    "from ftlight.allocator import use_fast_allocator\n"
-    "use_fast_allocator()\n"
     "import os, sys\n"
+    "from pathlib import Path\n"
+    "from ftlight.allocator import use_fast_allocator\n"
+    "probe_dir = os.environ.get('PROBE_DIR')\n"
+    "use_fast_allocator([Path(probe_dir)] if probe_dir else None)\n"
     "maps = open('/proc/self/maps').read()\n"
     "print(os.environ.get('LD_PRELOAD', ''))\n"
     "print(sys.argv[1:])\n"
@@ -68,18 +70,20 @@ def test_a_missing_explicit_library_is_a_clear_error(tmp_path: Path) -> None:
         allocator.preload_command({"FTLIGHT_ALLOCATOR": "/nope/libjemalloc.so.2"}, [tmp_path])
 
 
-def _harmless_shared_library() -> Path:
-    # a library a bare interpreter does not load, so finding it mapped proves the preload
-    for name in ("libz.so.1", "liblzma.so.5", "libbz2.so.1.0"):
-        for folder in allocator.search_dirs():
-            if (folder / name).is_file():
-                return folder / name
-    pytest.skip("no spare shared library to preload")
+def _stand_in_library() -> Path:
+    """A real shared library that a bare interpreter does not load: torch's libc10, present
+    wherever ftlight is installed. Finding it mapped after the restart proves the preload."""
+    import torch
+
+    lib = Path(torch.__file__).parent / "lib" / "libc10.so"
+    assert lib.is_file(), lib
+    return lib
 
 
 def _probe(env_extra: dict[str, str], *args: str) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FTLIGHT_ALLOCATOR")}
     env.pop("FTLIGHT_ALLOCATOR_ACTIVE", None)
+    env.pop("PROBE_DIR", None)
     out = subprocess.run(
         [sys.executable, "-c", PROBE, *args],
         env={**env, **env_extra},
@@ -91,17 +95,48 @@ def _probe(env_extra: dict[str, str], *args: str) -> list[str]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+LINUX_ONLY = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="LD_PRELOAD restarts are Linux-only; elsewhere the commands keep the system malloc "
+    "(test_other_platforms_keep_the_system_malloc)",
+)
+
+
+def test_other_platforms_keep_the_system_malloc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _lib(tmp_path, "libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert allocator.preload_command({}, [tmp_path]) is None
+
+
+@LINUX_ONLY
 def test_the_process_really_restarts_with_the_library_loaded() -> None:
-    lib = _harmless_shared_library()
+    lib = _stand_in_library()
     preload, argv, loaded = _probe({"FTLIGHT_ALLOCATOR": str(lib)}, str(lib), "--flag")
     assert preload == str(lib)
     assert argv == f"[{str(lib)!r}, '--flag']"
     assert loaded == "True"
 
 
-@pytest.mark.skipif(allocator.find_allocator() is None, reason="no jemalloc/tcmalloc installed")
-def test_auto_loads_the_installed_allocator() -> None:
+@LINUX_ONLY
+def test_auto_finds_an_installed_allocator_and_restarts_under_it(tmp_path: Path) -> None:
+    # a stand-in under tcmalloc's file name, in a folder searched instead of the system's
+    fake = tmp_path / "libtcmalloc_minimal.so.4"
+    fake.symlink_to(_stand_in_library())
+    preload, _, loaded = _probe({"PROBE_DIR": str(tmp_path)}, str(_stand_in_library()))
+    assert preload == str(fake) and loaded == "True"
+    # and without one, no restart
+    preload, _, loaded = _probe({"PROBE_DIR": str(tmp_path / "none")}, str(_stand_in_library()))
+    assert preload == "" and loaded == "False"
+
+
+@pytest.mark.skipif(
+    allocator.find_allocator() is None,
+    reason="tcmalloc/jemalloc not installed (optional system package); the same restart is "
+    "tested with a stand-in in test_auto_finds_an_installed_allocator_and_restarts_under_it",
+)
+def test_auto_loads_the_allocator_installed_on_this_machine() -> None:
     lib = allocator.find_allocator()
     preload, _, loaded = _probe({}, str(lib))
     assert preload == str(lib) and loaded == "True"
