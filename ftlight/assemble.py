@@ -216,6 +216,7 @@ def build_run(cfg: DictConfig) -> Run:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),
         compile=bool(cfg.get("compile", False)),
+        attention_kernel=str(cfg.get("attention_kernel", "auto")),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]

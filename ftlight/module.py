@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from ftlight.attention import attention_kernel, check_kernel, choose_kernel
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
 
@@ -27,6 +28,8 @@ class FineTuneModule(L.LightningModule):
     ``activation_checkpointing`` recomputes each transformer block's activations in the
     backward pass (less memory, more compute); ``compile`` compiles each block with
     ``torch.compile`` (dynamic shapes; the first steps pay for compilation).
+    ``attention_kernel`` picks the attention kernel of training steps (``ftlight.attention``:
+    ``auto`` takes the faster one for short bf16 rows on a CPU).
     """
 
     def __init__(
@@ -40,8 +43,11 @@ class FineTuneModule(L.LightningModule):
         frozen_dtype: torch.dtype | None = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        attention_kernel: str = "auto",
     ) -> None:
         super().__init__()
+        self.kernel_setting = check_kernel(attention_kernel)
+        self._step_kernel: str | None = None  # this step's choice, kept for its backward
         #: dtype to keep frozen linear weights in (the autocast dtype), or None
         self.frozen_dtype = frozen_dtype
         self.frozen_cast = 0
@@ -111,11 +117,34 @@ class FineTuneModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """One micro-batch: the task's loss, logged without a host sync."""
-        loss = self.task.training_loss(
-            self.model, {k: batch[k] for k in _MODEL_INPUTS if k in batch}
-        )
+        self._step_kernel = self._choose_kernel(batch)
+        with attention_kernel(self._step_kernel):
+            loss = self.task.training_loss(
+                self.model, {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+            )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backward under the step's attention kernel (activation checkpointing recomputes
+        the forward here, and must take the same kernel)."""
+        with attention_kernel(self._step_kernel):
+            super().backward(loss, *args, **kwargs)
+
+    def _choose_kernel(self, batch: dict[str, Any]) -> str | None:
+        ids = batch.get("input_ids")
+        if ids is None or ids.dim() != 2:
+            return None
+        setting = self.kernel_setting
+        if setting == "auto" and self.compile_blocks:
+            setting = "torch"  # compiled blocks were traced under PyTorch's own choice
+        device = ids.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        else:
+            dtype = getattr(self.model, "dtype", torch.float32)
+        heads = getattr(getattr(self.model, "config", None), "num_attention_heads", None)
+        return choose_kernel(setting, device, dtype, ids.shape[0], ids.shape[1], heads)
 
     def on_validation_model_eval(self) -> None:
         """Eval mode, then let the strategy fix up layers that must not switch (4-bit on CPU)."""

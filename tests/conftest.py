@@ -152,7 +152,9 @@ class Probe(L.Callback):
         batch = next(iter(trainer.datamodule.val_dataloader()))
         keys = ("input_ids", "attention_mask", "token_type_ids")
         self.inputs = {k: batch[k] for k in keys if k in batch}
-        self.logits = eval_logits(model, self.inputs)
+        # under the run's precision (bf16-mixed keeps frozen weights in bf16 for autocast)
+        with trainer.precision_plugin.forward_context():
+            self.logits = eval_logits(model, self.inputs)
 
     def epoch_mean_losses(self, batches_per_epoch: int = 2) -> tuple[float, float]:
         """Mean training loss of the first and of the last epoch (the same batches)."""

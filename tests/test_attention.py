@@ -1,0 +1,132 @@
+"""The attention kernel of training steps: which one ``auto`` takes, and that it trains alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+import ftlight.attention
+from ftlight.attention import MATH_MAX_LENGTH, attention_kernel, choose_kernel
+from ftlight.errors import ConfigError
+
+BF16 = torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "dtype", "batch", "length", "heads", "expected"),
+    [
+        ("auto", "cpu", BF16, 4, 200, 9, "math"),
+        ("auto", "cpu", BF16, 4, MATH_MAX_LENGTH, 9, "math"),
+        ("auto", "cpu", BF16, 4, MATH_MAX_LENGTH + 1, 9, None),  # flash wins on long rows
+        ("auto", "cpu", torch.float32, 4, 200, 9, None),  # and in fp32
+        ("auto", "cpu", BF16, 64, 256, 32, None),  # the math kernel's scores would be big
+        ("auto", "cpu", BF16, 4, 200, None, "math"),  # a config without a head count
+        ("auto", "cuda", BF16, 4, 200, 9, None),  # PyTorch's choice on GPUs
+        ("torch", "cpu", BF16, 4, 200, 9, None),
+        ("math", "cuda", torch.float32, 64, 4096, 32, "math"),
+        ("flash", "cpu", BF16, 4, 200, 9, "flash"),
+    ],
+)
+def test_choose_kernel(setting, device, dtype, batch, length, heads, expected) -> None:
+    assert choose_kernel(setting, device, dtype, batch, length, heads) == expected
+
+
+def test_unknown_kernel_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="attention_kernel='fast' is not a choice; use one of"):
+        choose_kernel("fast", "cpu", BF16, 1, 8, 1)
+
+
+def test_kernel_context_restores_the_flags() -> None:
+    def flags() -> tuple[bool, bool]:
+        return torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()
+
+    before = flags()
+    with attention_kernel("math"):
+        assert not torch.backends.cuda.flash_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    with pytest.raises(RuntimeError), attention_kernel("flash"):
+        assert not torch.backends.cuda.math_sdp_enabled()
+        raise RuntimeError("a failing step")
+    assert flags() == before
+
+
+class KernelProbe(L.Callback):
+    """Records, at every attention forward of training (recomputation included), the padded
+    length and whether only the math kernel was enabled."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool]] = []
+        self.handles: list[Any] = []
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for sub in module.model.modules():
+            if type(sub).__name__.endswith("Attention"):
+                self.handles.append(sub.register_forward_pre_hook(self._record, with_kwargs=True))
+
+    def _record(self, sub: Any, args: Any, kwargs: Any) -> None:
+        if not sub.training:
+            return  # an evaluation forward (conftest's Probe takes logits at the end)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        math_only = (
+            torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+        )
+        self.calls.append((hidden.shape[1], math_only))
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+RUN = [
+    "eval.before=false",
+    "eval.after=false",
+    "eval.export=false",
+    "trainer.max_steps=3",
+    "trainer.precision=bf16-mixed",
+    "data.batch_size=2",
+    "optimizer.lr=1e-2",
+    "scheduler=constant",
+    "scheduler.warmup_ratio=0",
+    "callbacks.checkpoint=null",
+    "trainer.enable_checkpointing=false",
+]
+
+
+def _fit(helpers, tmp_path, *extra: str) -> tuple[KernelProbe, Any]:
+    cfg = helpers.compose([*RUN, *extra], tmp_path, "causal_lm")
+    probe = KernelProbe()
+    _, recorded = helpers.fit(cfg, callbacks=[probe])  # conftest's Probe: losses per step
+    return probe, recorded
+
+
+def test_auto_takes_math_for_short_bf16_rows_and_trains_like_torch(
+    helpers, tmp_path, monkeypatch
+) -> None:
+    # the fixture's batches are 75-80 tokens long: a limit between them gives both kinds
+    limit = 78
+    monkeypatch.setattr(ftlight.attention, "MATH_MAX_LENGTH", limit)
+    auto, auto_run = _fit(helpers, tmp_path / "auto", "attention_kernel=auto")
+    lengths = {length for length, _ in auto.calls}
+    assert min(lengths) <= limit < max(lengths), lengths
+    for length, math_only in auto.calls:
+        assert math_only == (length <= limit), length
+    torch_, torch_run = _fit(helpers, tmp_path / "torch", "attention_kernel=torch")
+    assert not any(math_only for _, math_only in torch_.calls)
+    assert [length for length, _ in torch_.calls] == [length for length, _ in auto.calls]
+    assert auto_run.losses == pytest.approx(torch_run.losses, rel=2e-2)
+    assert torch.backends.cuda.flash_sdp_enabled()  # flags restored after the fit
+
+
+def test_recomputation_takes_the_steps_kernel(helpers, tmp_path) -> None:
+    """Activation checkpointing recomputes the forward in backward: under the same kernel,
+    or the recomputed tensors would not match the saved ones."""
+    plain, plain_run = _fit(helpers, tmp_path / "plain", "attention_kernel=math")
+    ckpt, ckpt_run = _fit(
+        helpers, tmp_path / "ckpt", "attention_kernel=math", "activation_checkpointing=true"
+    )
+    assert all(math_only for _, math_only in ckpt.calls)
+    assert len(ckpt.calls) == 2 * len(plain.calls)  # every forward ran again in backward
+    assert ckpt_run.losses == pytest.approx(plain_run.losses, abs=1e-5)
