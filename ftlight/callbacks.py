@@ -34,9 +34,12 @@ class ThroughputMonitor(L.Callback):
         self.summary: dict[str, float] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Work out FLOPs per token for this model and strategy."""
+        """Work out FLOPs per token for this model and strategy, and measure the device's
+        matmul peak now, before the first step: later, compilation workers or data loading
+        could share the device and lower it (raising MFU)."""
         info = pl_module.strategy.describe(pl_module.model)
         self._flops_per_token = flops_per_token(info["total"], info["trainable"])
+        peak_flops(pl_module.device)  # measured once per process and device, then cached
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -163,9 +164,12 @@ class FineTuneModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Loss and task metrics; generation-based scores during before/after evaluation."""
-        out = self(batch)
-        gen_model = self.model if self.generate_in_eval else None
-        self.task.update_metrics(self._metrics(), batch, out, model=gen_model)
+        # compiled blocks are for training: evaluation shapes (generation's one-token steps
+        # with a cache) would only pay for more compilation
+        with torch.compiler.set_stance("force_eager") if self.compile_blocks else nullcontext():
+            out = self(batch)
+            gen_model = self.model if self.generate_in_eval else None
+            self.task.update_metrics(self._metrics(), batch, out, model=gen_model)
 
     def on_validation_epoch_end(self) -> None:
         """Log every metric as ``val/<name>``."""

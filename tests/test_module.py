@@ -228,3 +228,18 @@ def test_compiled_blocks_train_like_eager_ones(helpers, tmp_path) -> None:
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_evaluate_eagerly(helpers, tmp_path) -> None:
+    """Evaluation (loss and generation) must not compile its own shapes: it runs eagerly."""
+    from torch._dynamo.utils import counters
+
+    cfg = helpers.compose([*STEP_RUN, "compile=true"], tmp_path, "causal_lm")
+    run, _ = helpers.fit(cfg)
+    frames = counters["frames"]["total"]
+    assert frames > 0  # the fit compiled the blocks
+    run.module.generate_in_eval = True  # with greedy generation, as evaluation runs it
+    (metrics,) = run.trainer.validate(run.module, datamodule=run.data, verbose=False)
+    assert counters["frames"]["total"] == frames
+    assert "val/exact_match" in metrics
