@@ -86,10 +86,12 @@ class ThroughputMonitor(L.Callback):
         else:
             seconds, tokens = 0.0, 0
         rate = tokens / seconds if seconds > 0 else 0.0
+        # a second measurement minutes after the first; the higher one counts
+        peak = peak_flops(pl_module.device, remeasure=rate > 0)
         self.summary = {
             "real_tokens": total_tokens,
             "real_tokens_per_s": rate,
-            "mfu": rate * self._flops_per_token / peak_flops(pl_module.device) if rate else 0.0,
+            "mfu": rate * self._flops_per_token / peak if rate else 0.0,
             "peak_memory_mb": peak_memory_mb(pl_module.device),
             "timed_seconds": seconds,
         }

@@ -1,0 +1,67 @@
+"""FLOPs per token and the measured matmul peak that MFU divides by."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+import ftlight.perf as perf
+
+
+def test_flops_per_token_counts_weight_gradients_only_for_trainable_parameters() -> None:
+    assert perf.flops_per_token(100, 100) == 600  # full fine-tuning: 6N
+    assert perf.flops_per_token(100, 0) == 400  # frozen: forward and input gradients
+    assert perf.flops_per_token(136_957_248, 2_442_240) == 4 * 136_957_248 + 2 * 2_442_240
+
+
+def test_peak_is_measured_once_and_a_remeasurement_keeps_the_higher(monkeypatch) -> None:
+    readings = iter([300e9, 250e9, 350e9])
+    calls = []
+
+    def fake(device_type, index, dtype):
+        calls.append((device_type, index, dtype))
+        return next(readings)
+
+    monkeypatch.setattr(perf, "_measured_peak", fake)
+    monkeypatch.setattr(perf, "_BEST", {})
+    cpu = torch.device("cpu")
+    assert perf.peak_flops(cpu, torch.float32) == 300e9
+    assert perf.peak_flops(cpu, torch.float32) == 300e9  # cached
+    assert len(calls) == 1
+    # a busy machine measures lower: the earlier, higher figure stands
+    assert perf.peak_flops(cpu, torch.float32, remeasure=True) == 300e9
+    assert perf.peak_flops(cpu, torch.float32, remeasure=True) == 350e9
+    assert calls == [("cpu", None, torch.float32)] * 3
+
+
+def test_measured_cpu_peak_is_a_plausible_matmul_rate() -> None:
+    n = 512
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    seconds = min(_timed(lambda: a @ b) for _ in range(5))
+    direct = 2 * n**3 / seconds
+    peak = perf._measured_peak("cpu", None, torch.float32)
+    assert math.isfinite(peak) and peak > 1e9
+    # the 2048-square product is at least as efficient as a 512-square one (within noise)
+    assert peak > 0.5 * direct
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32])
+def test_peak_flops_picks_a_dtype_and_caches_per_dtype(monkeypatch, dtype) -> None:
+    seen = []
+    monkeypatch.setattr(perf, "_measured_peak", lambda t, i, d: seen.append(d) or 1e12)
+    monkeypatch.setattr(perf, "_BEST", {})
+    perf.peak_flops(torch.device("cpu"), dtype)
+    from ftlight.config import cpu_has_fast_bf16
+
+    expected = dtype or (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
+    assert seen == [expected]
