@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -21,6 +22,29 @@ from ftlight.allocator import preload_command
 IGNORE_INDEX = -100
 RESULT_PREFIX = "BENCH_JSON: "
 """A child process prints its result as one line starting with this prefix."""
+
+
+def add_run_options(
+    p: argparse.ArgumentParser, steps: int, steps_help: str, warmup_help: str
+) -> None:
+    """The options every benchmark of a training run shares (model, batches, precision)."""
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny-llama | any model=")
+    p.add_argument("--steps", type=int, default=steps, help=steps_help)
+    p.add_argument("--warmup", type=int, default=5, help=warmup_help)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--packing", action="store_true", help="pack rows to data.max_length")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="data.max_length (default: the config's 256; 1024 for tiny-llama, whose "
+        "byte-level tokenizer makes demo rows of 430-540 tokens)",
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument(
+        "--override", action="append", metavar="KEY=VALUE", help="extra Hydra override, repeatable"
+    )
 
 
 def real_tokens(batch: Mapping[str, Any], pad_token_id: int | None) -> int:

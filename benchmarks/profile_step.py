@@ -137,18 +137,10 @@ def format_summary(summary: dict[str, Any], peak_flops: float) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (the throughput benchmark's, where they apply)."""
+    from bench_common import add_run_options
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny-llama | any model=")
-    p.add_argument("--steps", type=int, default=5, help="profiled optimizer steps")
-    p.add_argument("--warmup", type=int, default=5, help="unprofiled steps before them")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument("--packing", action="store_true", help="pack rows to data.max_length")
-    p.add_argument("--max-length", type=int, default=None, help="data.max_length")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument(
-        "--override", action="append", metavar="KEY=VALUE", help="extra Hydra override, repeatable"
-    )
+    add_run_options(p, 5, "profiled optimizer steps", "unprofiled steps before them")
     p.add_argument("--trace", type=Path, default=None, help="also write a Chrome trace here")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     opts = p.parse_args(argv)
@@ -204,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_info()
     with tempfile.TemporaryDirectory(prefix="ftlight-profile-") as run_dir:
-        opts.override = [*(opts.override or []), "trainer.log_every_n_steps=1000"]
-        cfg = compose(_as_throughput_opts(opts), device, run_dir)
+        opts.override = [
+            *(opts.override or []),
+            "trainer.log_every_n_steps=1000",
+            "+trainer.enable_model_summary=false",
+        ]
+        cfg = compose(opts, device, run_dir)
         seed(cfg)
         run = build_run(cfg)
         profiler = StepProfiler()
@@ -233,21 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"wrote {opts.json}")
     return 0
-
-
-def _as_throughput_opts(opts: argparse.Namespace) -> argparse.Namespace:
-    """The fields ``bench_systems.compose`` reads, as the throughput benchmark names them."""
-    return argparse.Namespace(
-        model=opts.model,
-        batch_size=opts.batch_size,
-        rows=opts.rows,
-        packing=opts.packing,
-        warmup=opts.warmup,
-        steps=opts.steps,
-        precision=opts.precision,
-        max_length=opts.max_length,
-        override=opts.override,
-    )
 
 
 if __name__ == "__main__":

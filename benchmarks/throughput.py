@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import emit, machine_info, memory_figures, pick_device, run_child
+from bench_common import (
+    add_run_options,
+    emit,
+    machine_info,
+    memory_figures,
+    pick_device,
+    run_child,
+)
 
 SYSTEM_NAMES = ("ftlight", "loop", "hf_trainer", "trl")
 FORMULAS = (
@@ -36,25 +43,9 @@ FORMULAS = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (``--only`` is how the parent starts a child)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny-llama | any model=")
-    p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    add_run_options(p, 30, "timed optimizer steps", "untimed steps before them")
     p.add_argument("--systems", default="ftlight,loop,hf_trainer,trl")
-    p.add_argument("--packing", action="store_true", help="pack rows to data.max_length")
     p.add_argument("--rows", type=int, default=None, help="demo training rows (default: enough)")
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="data.max_length (default: the config's 256; 1024 for tiny-llama, whose "
-        "byte-level tokenizer makes demo rows of 430-540 tokens)",
-    )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument(
-        "--override", action="append", metavar="KEY=VALUE", help="extra Hydra override, repeatable"
-    )
     p.add_argument(
         "--repeats",
         type=int,
