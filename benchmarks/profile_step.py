@@ -62,13 +62,19 @@ def categorize(name: str) -> str:
 
 
 def summarize(
-    events: Iterable[Any], wall_s: float, steps: int, peak_flops: float
+    events: Iterable[Any],
+    wall_s: float,
+    steps: int,
+    peak_flops: float,
+    time_attr: str = "self_cpu_time_total",
 ) -> dict[str, Any]:
     """Per-category self time per step, its share of the step, and matmul FLOP/s.
 
-    ``events`` are ``profiler.key_averages()`` rows (``key``, ``self_cpu_time_total`` in
-    microseconds, ``flops``, ``count``). ``wall_s`` is the wall time of the profiled steps.
-    Time the operators do not account for is reported as ``outside operators``.
+    ``events`` are ``profiler.key_averages()`` rows (``key``, ``count``, ``flops`` and the
+    self time ``time_attr`` in microseconds: ``self_cpu_time_total`` on a CPU,
+    ``self_device_time_total`` on a GPU, where CPU time is only the kernel launches).
+    ``wall_s`` is the wall time of the profiled steps. Time the operators do not account
+    for is reported as ``outside operators`` (on a GPU: time the device sat idle).
     """
     per_cat: dict[str, dict[str, float]] = {}
     top: list[tuple[float, str, int]] = []
@@ -76,7 +82,7 @@ def summarize(
         name = evt.key
         if not name.startswith("aten::"):
             continue  # record_function ranges and autograd nodes only wrap aten work
-        seconds = evt.self_cpu_time_total / 1e6
+        seconds = getattr(evt, time_attr) / 1e6
         cat = per_cat.setdefault(categorize(name), {"seconds": 0.0, "flops": 0.0, "calls": 0})
         cat["seconds"] += seconds
         cat["flops"] += float(getattr(evt, "flops", 0) or 0)
@@ -210,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if profiler.prof is None or profiler.wall == 0.0:
         print("the run ended before the profiled steps: raise data rows or lower --warmup")
         return 1
-    summary = summarize(profiler.prof.key_averages(), profiler.wall, opts.steps, peak)
+    time_attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = profiler.prof.key_averages()
+    summary = summarize(events, profiler.wall, opts.steps, peak, time_attr)
     print(
         f"# ftlight training step profile: {opts.model}, {opts.precision}, batch "
         f"{opts.batch_size}, packing {opts.packing}, {opts.steps} steps after {opts.warmup}"

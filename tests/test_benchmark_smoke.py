@@ -111,3 +111,20 @@ def test_profile_step_runs_on_the_tiny_llama(tmp_path: Path) -> None:
     assert {"attention", "optimizer", "outside operators"} <= set(cats)
     assert sum(c["share"] for c in cats.values()) == pytest.approx(1.0, abs=0.01)
     assert "| matmul |" in proc.stdout
+
+
+def test_profile_summary_reads_device_time_on_a_gpu() -> None:
+    profile_step = _profile_module()
+
+    class Event:
+        key, count, flops = "aten::mm", 4, 8e12
+        self_cpu_time_total = 1_000  # launching the kernels: 1 ms
+        self_device_time_total = 20_000  # running them: 20 ms
+
+    summary = profile_step.summarize(
+        [Event()], wall_s=0.05, steps=1, peak_flops=1e15, time_attr="self_device_time_total"
+    )
+    cats = summary["categories"]
+    assert cats["matmul"]["ms_per_step"] == pytest.approx(20.0)
+    assert cats["matmul"]["gflop_per_s"] == pytest.approx(400_000.0)
+    assert cats["outside operators"]["ms_per_step"] == pytest.approx(30.0)  # device idle
