@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ftlight.attention import check_kernel
 from ftlight.errors import ConfigError, FtlightError
 from ftlight.module import FineTuneModule
 from ftlight.utils import timed
@@ -192,6 +193,7 @@ def build_run(cfg: DictConfig) -> Run:
     task = instantiate(cfg.task)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     strategy.validate(trainer_cfg, task)
+    attention = check_kernel(str(cfg.get("attention_kernel", "auto")))  # before any loading
     source = instantiate(cfg.model)
     data = instantiate(cfg.data)
     with timed("load tokenizer", log):
@@ -216,7 +218,7 @@ def build_run(cfg: DictConfig) -> Run:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),
         compile=bool(cfg.get("compile", False)),
-        attention_kernel=str(cfg.get("attention_kernel", "auto")),
+        attention_kernel=attention,
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]

@@ -56,6 +56,13 @@ def test_unknown_format_lists_the_formats(compose, tmp_path, no_weights) -> None
         assert name in message
 
 
+def test_unknown_attention_kernel_lists_the_choices(compose, tmp_path, no_weights) -> None:
+    message = _raises(compose, tmp_path, ["attention_kernel=fast"], error=ConfigError)
+    assert "attention_kernel='fast'" in message
+    assert "auto, torch, math, flash" in message
+    assert not list(tmp_path.glob("**/*.ckpt"))
+
+
 def test_unknown_strategy_lists_the_strategies(compose, tmp_path) -> None:
     with pytest.raises(MissingConfigException) as info:
         compose(["strategy=nope"], tmp_path)
