@@ -47,6 +47,18 @@ def add_run_options(
     )
 
 
+def settle_run_options(p: argparse.ArgumentParser, opts: argparse.Namespace, min_rows: int) -> None:
+    """Check the shared options and fill in what depends on others (rows, max_length)."""
+    if opts.steps < 1 or opts.warmup < 0 or opts.batch_size < 1:
+        p.error("--steps must be >= 1, --warmup >= 0, --batch-size >= 1")
+    if getattr(opts, "rows", None) is None:
+        # one epoch must cover every step (packing needs more rows per batch)
+        need = (opts.warmup + opts.steps) * opts.batch_size * (4 if opts.packing else 1)
+        opts.rows = max(min_rows, need + 8 * opts.batch_size)
+    if opts.max_length is None and opts.model == "tiny-llama":
+        opts.max_length = 1024
+
+
 def real_tokens(batch: Mapping[str, Any], pad_token_id: int | None) -> int:
     """Non-padding tokens of a training batch.
 

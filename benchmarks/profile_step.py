@@ -143,19 +143,14 @@ def format_summary(summary: dict[str, Any], peak_flops: float) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (the throughput benchmark's, where they apply)."""
-    from bench_common import add_run_options
+    from bench_common import add_run_options, settle_run_options
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_run_options(p, 5, "profiled optimizer steps", "unprofiled steps before them")
     p.add_argument("--trace", type=Path, default=None, help="also write a Chrome trace here")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     opts = p.parse_args(argv)
-    if opts.steps < 1 or opts.warmup < 0 or opts.batch_size < 1:
-        p.error("--steps must be >= 1, --warmup >= 0, --batch-size >= 1")
-    if opts.max_length is None and opts.model == "tiny-llama":
-        opts.max_length = 1024
-    needed = (opts.warmup + opts.steps) * opts.batch_size * (4 if opts.packing else 1)
-    opts.rows = max(200, needed + 8 * opts.batch_size)
+    settle_run_options(p, opts, min_rows=200)
     return opts
 
 
@@ -188,13 +183,15 @@ def main(argv: list[str] | None = None) -> int:
             self.started = 0.0
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
-            if idx == opts.warmup:
+            # optimizer steps, like the stop below (a step may take several micro-batches)
+            if trainer.global_step == opts.warmup and self.prof is None:
                 self.prof = profile(activities=activities, record_shapes=True, with_flops=True)
                 self.prof.__enter__()
                 self.started = time.perf_counter()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-            if trainer.global_step == opts.warmup + opts.steps and self.prof is not None:
+            done = trainer.global_step == opts.warmup + opts.steps
+            if done and self.prof is not None and not self.wall:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 self.wall = time.perf_counter() - self.started

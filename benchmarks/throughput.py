@@ -27,6 +27,7 @@ from bench_common import (
     memory_figures,
     pick_device,
     run_child,
+    settle_run_options,
 )
 
 SYSTEM_NAMES = ("ftlight", "loop", "hf_trainer", "trl")
@@ -59,14 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
     p.add_argument("--only", choices=SYSTEM_NAMES, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
-    if opts.steps < 1 or opts.warmup < 0 or opts.batch_size < 1 or opts.repeats < 1:
-        p.error("--steps and --repeats must be >= 1, --warmup >= 0, --batch-size >= 1")
-    if opts.rows is None:
-        # one epoch must cover every step (packing needs more rows per batch)
-        need = (opts.warmup + opts.steps) * opts.batch_size * (4 if opts.packing else 1)
-        opts.rows = max(1000, need + 8 * opts.batch_size)
-    if opts.max_length is None and opts.model == "tiny-llama":
-        opts.max_length = 1024
+    if opts.repeats < 1:
+        p.error("--repeats must be >= 1")
+    settle_run_options(p, opts, min_rows=1000)
     systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
     unknown = sorted(set(systems) - set(SYSTEM_NAMES))
     if unknown:

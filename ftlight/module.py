@@ -48,7 +48,10 @@ class FineTuneModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.kernel_setting = check_kernel(attention_kernel)
+        if self.kernel_setting == "auto" and compile:
+            self.kernel_setting = "torch"  # compiled blocks are traced under PyTorch's choice
         self._step_kernel: str | None = None  # this step's choice, kept for its backward
+        self._heads: int | None = None  # the model's attention heads, looked up once
         #: dtype to keep frozen linear weights in (the autocast dtype), or None
         self.frozen_dtype = frozen_dtype
         self.frozen_cast = 0
@@ -136,16 +139,16 @@ class FineTuneModule(L.LightningModule):
         ids = batch.get("input_ids")
         if ids is None or ids.dim() != 2:
             return None
-        setting = self.kernel_setting
-        if setting == "auto" and self.compile_blocks:
-            setting = "torch"  # compiled blocks were traced under PyTorch's own choice
         device = ids.device.type
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
         else:
             dtype = getattr(self.model, "dtype", torch.float32)
-        heads = getattr(getattr(self.model, "config", None), "num_attention_heads", None)
-        return choose_kernel(setting, device, dtype, ids.shape[0], ids.shape[1], heads)
+        if self._heads is None:
+            config = getattr(self.model, "config", None)
+            self._heads = getattr(config, "num_attention_heads", None) or 1
+        length = ids.shape[1]
+        return choose_kernel(self.kernel_setting, device, dtype, ids.shape[0], length, self._heads)
 
     def on_validation_model_eval(self) -> None:
         """Eval mode, then let the strategy fix up layers that must not switch (4-bit on CPU)."""

@@ -235,6 +235,10 @@ def test_compiled_blocks_evaluate_eagerly(helpers, tmp_path) -> None:
     """Evaluation (loss and generation) must not compile its own shapes: it runs eagerly."""
     from torch._dynamo.utils import counters
 
+    # start from empty compile caches: an earlier test's compiled blocks (same structure)
+    # would otherwise serve this fit too, and it would compile nothing
+    torch._dynamo.reset()
+    counters.clear()
     cfg = helpers.compose([*STEP_RUN, "compile=true"], tmp_path, "causal_lm")
     run, _ = helpers.fit(cfg)
     frames = counters["frames"]["total"]
