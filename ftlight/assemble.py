@@ -202,9 +202,7 @@ def build_run(cfg: DictConfig) -> Run:
     with timed("prepare data", log):
         data.prepare()
     task.configure(tokenizer, data.references(cfg.eval.split))
-    kwargs = {**task.model_kwargs(data.labels), **strategy.load_kwargs(task)}
-    if task.kind == "classification":
-        kwargs["pad_token_id"] = tokenizer.pad_token_id
+    kwargs = {**task.model_kwargs(data.labels, tokenizer), **strategy.load_kwargs(task)}
     model = source.load(task.auto_class(), **kwargs)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -61,7 +61,7 @@ def _head_kwargs(run) -> dict:
     """``num_labels`` and the label maps, for loading a classification base."""
     if run.task != "classification":
         return {}
-    return run.result.module.task.model_kwargs(run.result.data.labels)
+    return run.result.module.task.model_kwargs(run.result.data.labels, run.result.tokenizer)
 
 
 @pytest.mark.parametrize(("strategy", "task"), [(s, t) for s, t in MATRIX if s == "lora"])

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ftlight.errors import ConfigError, DataError
-from ftlight.tasks.base import LabelInfo, Task
+from ftlight.tasks.base import LabelInfo, Task, label_key
 
 log = logging.getLogger("ftlight.data")
 
@@ -93,15 +93,14 @@ class FineTuneData(L.LightningDataModule):
         from ftlight.data.formats import get_format
 
         fmt = get_format(self.format_name, **self.fields)
-        if fmt.kind != self.task.kind:
+        if fmt.example_type is not self.task.example_type:
+            from ftlight.data.formats import FORMATS
+
+            fits = [n for n, f in FORMATS.items() if f.example_type is self.task.example_type]
             raise ConfigError(
-                f"data.format={self.format_name} gives {fmt.kind} examples but "
-                f"task={self.task.name} needs {self.task.kind} examples. Use "
-                + (
-                    "data.format=text_label"
-                    if self.task.kind == "classification"
-                    else "data.format=alpaca|chat|prompt_completion"
-                )
+                f"data.format={self.format_name} gives {fmt.example_type.__name__} rows but "
+                f"task={self.task.name} needs {self.task.example_type.__name__} rows. Use "
+                f"data.format={'|'.join(fits)}"
             )
         raw = self.load_records()
         if "train" not in raw:
@@ -126,7 +125,7 @@ class FineTuneData(L.LightningDataModule):
             for split in ("validation", "test"):
                 if split in examples:
                     examples[split] = examples[split][: self.max_eval_samples]
-        if self.task.kind == "classification":
+        if self.task.uses_labels:
             if self.label_names:
                 self.labels = LabelInfo(names=list(self.label_names))
             else:
@@ -134,7 +133,7 @@ class FineTuneData(L.LightningDataModule):
             ids = {name: i for i, name in enumerate(self.labels.names)}
             for rows in examples.values():
                 for where, ex in rows:
-                    if _label_key(ex.label) not in ids:
+                    if label_key(ex.label) not in ids:
                         raise DataError(
                             f"{where}: label {ex.label!r} is not one of the model's labels "
                             f"({', '.join(self.labels.names)}), which come from the training "
@@ -155,7 +154,7 @@ class FineTuneData(L.LightningDataModule):
             folder = cache_root() / "tokenized"
             settings = {
                 "max_length": self.max_length,
-                "kind": self.task.kind if self.task else None,
+                "task": self.task.name if self.task else None,
                 "labels": getattr(self, "_label_ids", None),
             }
             key = cache.cache_key(examples, self.tokenizer, settings)
@@ -200,27 +199,21 @@ class FineTuneData(L.LightningDataModule):
         return [rows[i] for i in train], [rows[i] for i in val]
 
     def _encode(self, split: str, rows: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        from ftlight.data.encode import encode_classification, encode_sft
-
         out: list[dict[str, Any]] = []
         truncated = dropped = 0
         for _, ex in rows:
-            if self.task.kind == "classification":
-                enc = encode_classification(
-                    ex, self.tokenizer, self._label_ids[_label_key(ex.label)], self.max_length
-                )
-                row: dict[str, Any] = {"input_ids": enc.input_ids, "label": enc.label}
-                if enc.token_type_ids is not None:
-                    row["token_type_ids"] = enc.token_type_ids
-            else:
-                enc = encode_sft(ex, self.tokenizer, self.max_length)
-                if enc is None:
-                    dropped += 1
-                    continue
-                row = {"input_ids": enc.input_ids, "labels": enc.labels}
-                if split != "train":
-                    row.update(_prompt_and_reference(enc.input_ids, enc.labels, self.tokenizer))
-            truncated += int(enc.truncated)
+            encoded = self.task.encode(
+                ex,
+                self.tokenizer,
+                self.max_length,
+                label_ids=getattr(self, "_label_ids", None),
+                evaluation=split != "train",
+            )
+            if encoded is None:
+                dropped += 1
+                continue
+            row, was_truncated = encoded
+            truncated += int(was_truncated)
             out.append(row)
         self.stats[split] = {"rows": len(out), "truncated": truncated, "dropped": dropped}
         self._warn_truncated(split, self.stats[split])
@@ -259,7 +252,7 @@ class FineTuneData(L.LightningDataModule):
         rows = self.encoded["train"]
         world, rank = self._world()
         pad_id = self.tokenizer.pad_token_id
-        if self.packing and self.task.kind == "sft":
+        if self.packing and self.task.packable:
             if not self.max_length:
                 raise ConfigError("data.packing=true needs data.max_length (the packed row size)")
             bins = pack_rows(rows, self.max_length)
@@ -424,12 +417,8 @@ class _ShuffledBatches(torch.utils.data.Sampler):
         return math.ceil(batches / self.world)
 
 
-def _label_key(label: Any) -> str:
-    return str(label).strip()
-
-
 def _label_info(labels: list[Any]) -> LabelInfo:
-    names = sorted({_label_key(x) for x in labels})
+    names = sorted({label_key(x) for x in labels})
     if all(_is_int(n) for n in names):
         names.sort(key=int)
     return LabelInfo(names=names)
@@ -441,17 +430,3 @@ def _is_int(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _prompt_and_reference(
-    input_ids: list[int], labels: list[int], tokenizer: Any
-) -> dict[str, Any]:
-    """Split an SFT row at its last answer: prompt ids for generation, reference text."""
-    end = len(labels)
-    while end > 0 and labels[end - 1] == -100:
-        end -= 1
-    start = end
-    while start > 0 and labels[start - 1] != -100:
-        start -= 1
-    reference = tokenizer.decode(input_ids[start:end], skip_special_tokens=True).strip()
-    return {"prompt_ids": input_ids[:start], "reference": reference}

@@ -254,3 +254,17 @@ def encode_prompt(
     while start > 0 and encoded.labels[start - 1] != IGNORE_INDEX:
         start -= 1
     return encoded.input_ids[:start]
+
+
+def prompt_and_reference(
+    input_ids: list[int], labels: list[int], tokenizer: PreTrainedTokenizerBase
+) -> dict[str, Any]:
+    """Split an encoded SFT row at its last reply: prompt ids to generate from, reference text."""
+    end = len(labels)
+    while end > 0 and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    reference = tokenizer.decode(input_ids[start:end], skip_special_tokens=True).strip()
+    return {"prompt_ids": input_ids[:start], "reference": reference}

@@ -77,7 +77,8 @@ class Format:
     """Base class: `parse` turns one record into an example or raises DataError."""
 
     name: ClassVar[str] = ""
-    kind: ClassVar[str] = ""
+    #: the example class ``parse`` returns; a task takes the formats that produce its type
+    example_type: ClassVar[type] = object
 
     def parse(self, record: dict[str, Any], where: str) -> SFTExample | ClassificationExample:
         """Turn one record into an example; `where` (e.g. "train.csv row 7") prefixes errors."""
@@ -117,7 +118,7 @@ class Alpaca(Format):
     """Alpaca rows: instruction, optional input and system, output."""
 
     name = "alpaca"
-    kind = "sft"
+    example_type = SFTExample
 
     def __init__(
         self,
@@ -147,7 +148,7 @@ class Chat(Format):
     """Conversations: OpenAI {role, content} or ShareGPT {from, value} message lists."""
 
     name = "chat"
-    kind = "sft"
+    example_type = SFTExample
 
     def __init__(self, messages_field: str = "messages") -> None:
         self.messages_field = messages_field
@@ -252,7 +253,7 @@ class PromptCompletion(Format):
     """Plain prompt and completion text, used without any chat template."""
 
     name = "prompt_completion"
-    kind = "sft"
+    example_type = SFTExample
 
     def __init__(self, prompt_field: str = "prompt", completion_field: str = "completion") -> None:
         self.prompt_field = prompt_field
@@ -273,7 +274,7 @@ class TextLabel(Format):
     """Classification rows: a text (optionally a second text) and a label."""
 
     name = "text_label"
-    kind = "classification"
+    example_type = ClassificationExample
 
     def __init__(
         self,

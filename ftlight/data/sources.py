@@ -122,15 +122,14 @@ class DemoData(FineTuneData):
             test_size=self.sizes["test"],
             seed=self.demo_seed,
         )
-        convert = (
-            demo.to_classification_rows if self.task.kind == "classification" else demo.to_sft_rows
-        )
+        # tickets become text/label rows for a labelled task, instruction/answer rows otherwise
+        convert = demo.to_classification_rows if self.task.uses_labels else demo.to_sft_rows
         return {s: (f"demo[{s}]", convert(rows)) for s, rows in splits.items() if rows}
 
     def prepare(self) -> None:
         """Pick the row format from the task, then prepare as usual."""
         if self.format_name == "auto":
-            self.format_name = "text_label" if self.task.kind == "classification" else "alpaca"
+            self.format_name = self.task.default_format
         super().prepare()
 
     def describe(self) -> str:

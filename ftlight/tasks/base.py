@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from ftlight.models.introspect import head_module_names
+
 
 @dataclass
 class LabelInfo:
@@ -29,14 +31,36 @@ class LabelInfo:
         }
 
 
+def label_key(label: Any) -> str:
+    """The name a label goes by in ``LabelInfo`` (labels 1 and "1 " are the same class)."""
+    return str(label).strip()
+
+
 class Task:
-    """Base class of a task; ``kind`` names the examples it takes: 'sft' or 'classification'."""
+    """Base class of a task: what examples it takes, which model it loads, what forms its head.
+
+    Strategies, data and the core ask the task through these hooks and never compare task
+    names, so a new task is a subclass here plus its conf file.
+    """
 
     name: ClassVar[str] = ""
-    kind: ClassVar[str] = ""
+    #: the example class a data format must produce for this task (``ftlight.data.formats``)
+    example_type: ClassVar[type] = object
+    #: the data format used when ``data.format=auto``
+    default_format: ClassVar[str] = ""
+    #: peft's ``task_type`` for adapters on this task's model (None: peft's plain wrapper)
+    peft_task_type: ClassVar[str | None] = None
+    #: whether rows carry a class label that the data maps to ids (``LabelInfo``)
+    uses_labels: ClassVar[bool] = False
+    #: whether several rows may be packed into one sequence (``data.packing``)
+    packable: ClassVar[bool] = False
 
-    def model_kwargs(self, labels: LabelInfo | None) -> dict[str, Any]:
-        """Extra ``from_pretrained`` arguments the task needs (``num_labels``...)."""
+    def configure(self, tokenizer: Any, references: list[str]) -> None:
+        """Bind the tokenizer and learn what the evaluation references look like."""
+        self.tokenizer = tokenizer
+
+    def model_kwargs(self, labels: LabelInfo | None, tokenizer: Any = None) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments the task needs (``num_labels``, pad token...)."""
         return {}
 
     def auto_class(self) -> type:
@@ -44,7 +68,33 @@ class Task:
         raise NotImplementedError
 
     def head_names(self, model: nn.Module) -> list[str]:
-        """Names of the modules that form the task head."""
+        """Dotted names of the modules that form the task head (they train under ``head``).
+
+        By default the modules outside the pretrained body (``lm_head``, ``classifier``).
+        """
+        return [n for n in head_module_names(model) if _has_parameters(model, n)]
+
+    def new_module_names(self, model: nn.Module) -> list[str]:
+        """Modules the model initialises fresh for this task: they always train in full and
+        are saved with any adapter (peft ``modules_to_save``). None by default."""
+        return []
+
+    def full_precision_modules(self) -> list[str]:
+        """Module names that must never be quantised (matched as parts of dotted names)."""
+        return []
+
+    def encode(
+        self,
+        example: Any,
+        tokenizer: Any,
+        max_length: int | None,
+        label_ids: dict[str, int] | None = None,
+        evaluation: bool = False,
+    ) -> tuple[dict[str, Any], bool] | None:
+        """One parsed example as model inputs, and whether it was truncated; None drops it.
+
+        ``evaluation`` rows also carry what scoring needs (a prompt and its reference).
+        """
         raise NotImplementedError
 
     def training_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
@@ -56,9 +106,14 @@ class Task:
         raise NotImplementedError
 
     def update_metrics(
-        self, metrics: dict[str, Metric], batch: dict[str, Any], outputs: Any
+        self,
+        metrics: dict[str, Metric],
+        batch: dict[str, Any],
+        outputs: Any,
+        model: nn.Module | None = None,
     ) -> None:
-        """Feed one evaluated batch (and the model's outputs) to the metrics."""
+        """Feed one evaluated batch (and the model's outputs) to the metrics; ``model`` is
+        given when the pass should also score generations."""
         raise NotImplementedError
 
     def compute_metrics(self, metrics: dict[str, Metric]) -> dict[str, float]:
@@ -74,3 +129,7 @@ class Task:
                 out[key] = float(value)
             metric.reset()
         return out
+
+
+def _has_parameters(model: nn.Module, name: str) -> bool:
+    return any(True for _ in model.get_submodule(name).parameters())

@@ -14,11 +14,11 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 from transformers import AutoModelForCausalLM
 
+from ftlight.data.encode import IGNORE_INDEX, encode_sft, prompt_and_reference
+from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
-from ftlight.models.introspect import head_module_names
-from ftlight.tasks.base import LabelInfo, Task
+from ftlight.tasks.base import Task
 
-IGNORE_INDEX = -100
 AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly longer answer)
 AUTO_FALLBACK = 128  # max_new_tokens=auto without references to size it from
 
@@ -33,7 +33,10 @@ class CausalLMTask(Task):
     """
 
     name: ClassVar[str] = "causal_lm"
-    kind: ClassVar[str] = "sft"
+    example_type: ClassVar[type] = SFTExample
+    default_format: ClassVar[str] = "alpaca"
+    peft_task_type: ClassVar[str | None] = "CAUSAL_LM"
+    packable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -68,13 +71,23 @@ class CausalLMTask(Task):
         """``AutoModelForCausalLM``."""
         return AutoModelForCausalLM
 
-    def model_kwargs(self, labels: LabelInfo | None) -> dict[str, Any]:
-        """No extra arguments."""
-        return {}
-
-    def head_names(self, model: nn.Module) -> list[str]:
-        """The output embedding (``lm_head``) and anything else outside the body."""
-        return head_module_names(model)
+    def encode(
+        self,
+        example: SFTExample,
+        tokenizer: Any,
+        max_length: int | None,
+        label_ids: dict[str, int] | None = None,
+        evaluation: bool = False,
+    ) -> tuple[dict[str, Any], bool] | None:
+        """Token ids with labels on the replies only; evaluation rows add the last prompt and
+        its reference answer. None when truncation leaves no reply token."""
+        enc = encode_sft(example, tokenizer, max_length)
+        if enc is None:
+            return None
+        row: dict[str, Any] = {"input_ids": enc.input_ids, "labels": enc.labels}
+        if evaluation:
+            row.update(prompt_and_reference(enc.input_ids, enc.labels, tokenizer))
+        return row, enc.truncated
 
     def training_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over the response tokens, projecting only their positions.

@@ -30,12 +30,12 @@ def assistant(text):
 # --- registry -------------------------------------------------------------------------------
 
 
-def test_registry_names_and_kinds():
-    assert {name: cls.kind for name, cls in FORMATS.items()} == {
-        "alpaca": "sft",
-        "chat": "sft",
-        "prompt_completion": "sft",
-        "text_label": "classification",
+def test_registry_names_and_example_types():
+    assert {name: cls.example_type for name, cls in FORMATS.items()} == {
+        "alpaca": SFTExample,
+        "chat": SFTExample,
+        "prompt_completion": SFTExample,
+        "text_label": ClassificationExample,
     }
 
 

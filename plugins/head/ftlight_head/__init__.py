@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import nn
 
@@ -19,9 +18,9 @@ log = logging.getLogger("ftlight.strategies.head")
 class HeadStrategy(Strategy):
     """Freeze the pretrained body; train the head and the last ``num_layers`` blocks.
 
-    The head is every module outside the body (``base_model_prefix``): the classifier for
-    classification, the LM head for causal LM. A causal-LM head tied to the input embedding is
-    untied first (a copy of the weight trains; the embedding stays frozen).
+    The task names its head (``Task.head_names``): the LM head for a causal LM; the classifier,
+    and the pooler feeding it where the body has one, for classification. A head tied to the
+    input embedding is untied first (a copy of the weight trains; the embedding stays frozen).
     """
 
     name: ClassVar[str] = "head"
@@ -31,16 +30,9 @@ class HeadStrategy(Strategy):
             raise ConfigError(f"strategy.num_layers={num_layers} must be 0 or more")
         self.num_layers = num_layers
 
-    def validate(self, trainer_cfg: Mapping[str, Any], task: Task) -> None:
-        """Nothing to reject up front; the head is looked up when the model is known."""
-
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         """Freeze everything, then unfreeze the head and the last ``num_layers`` blocks."""
-        heads = [
-            name
-            for name in task.head_names(model)
-            if any(True for _ in getattr(model, name).parameters())
-        ]
+        heads = task.head_names(model)
         if not heads:
             raise ModelError(
                 f"strategy=head cannot find the task head of {type(model).__name__}: it has no "
@@ -48,8 +40,8 @@ class HeadStrategy(Strategy):
                 f"{getattr(model, 'base_model_prefix', None)!r}). Use strategy=lora or "
                 "strategy=full for this model."
             )
-        if task.kind == "sft" and output_embedding_is_tied(model):
-            out = model.get_output_embeddings()
+        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if out is not None and output_embedding_is_tied(model) and _within(model, out, heads):
             out.weight = nn.Parameter(out.weight.detach().clone())
             model.config.tie_word_embeddings = False
             if hasattr(model.config, "get_text_config"):
@@ -58,7 +50,7 @@ class HeadStrategy(Strategy):
         for p in model.parameters():
             p.requires_grad_(False)
         for name in heads:
-            for p in getattr(model, name).parameters():
+            for p in model.get_submodule(name).parameters():
                 p.requires_grad_(True)
         if self.num_layers:
             found = find_blocks(body_of(model) or model)
@@ -77,3 +69,8 @@ class HeadStrategy(Strategy):
             f" + the last {self.num_layers} blocks" if self.num_layers else "",
         )
         return model
+
+
+def _within(model: nn.Module, module: nn.Module, names: list[str]) -> bool:
+    """Whether ``module`` is one of the named modules or inside one."""
+    return any(module is m for name in names for m in model.get_submodule(name).modules())

@@ -18,12 +18,20 @@ from ftlight_head import HeadStrategy
 # head strategy unties it: the head becomes its own 260*32 = 8320 weights, which train.
 #   trainable 8320, total 26912 + 8320 = 35232
 #   num_layers=1 adds the last block, 9280: trainable 8320 + 9280 = 17600
-# tiny-bert: 43107 weights; the head is the classifier, 32*3+3 = 99 (the pooler is part of
-# the body, bert.pooler)
-#   num_layers=1 adds the last encoder layer, 8544: trainable 99 + 8544 = 8643
-EXPECTED = {"causal_lm": (8320, 35232), "classification": (99, 43107)}
-EXPECTED_ONE_BLOCK = {"causal_lm": (17600, 35232), "classification": (8643, 43107)}
-HEAD = {"causal_lm": {"lm_head.weight"}, "classification": {"classifier.weight", "classifier.bias"}}
+# tiny-bert: 43107 weights; the head is the classifier, 32*3+3 = 99, and the pooler's dense
+# layer that feeds it (inside the body, bert.pooler.dense), 32*32+32 = 1056: 99 + 1056 = 1155
+#   num_layers=1 adds the last encoder layer, 8544: trainable 1155 + 8544 = 9699
+EXPECTED = {"causal_lm": (8320, 35232), "classification": (1155, 43107)}
+EXPECTED_ONE_BLOCK = {"causal_lm": (17600, 35232), "classification": (9699, 43107)}
+HEAD = {
+    "causal_lm": {"lm_head.weight"},
+    "classification": {
+        "classifier.weight",
+        "classifier.bias",
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+    },
+}
 LAST_BLOCK = {"causal_lm": "model.layers.1.", "classification": "bert.encoder.layer.1."}
 
 

@@ -16,14 +16,12 @@ from ftlight.tasks import Task
 
 log = logging.getLogger("ftlight.strategies.lora")
 
-_TASK_TYPES = {"sft": "CAUSAL_LM", "classification": "SEQ_CLS"}
-
 
 class LoRAStrategy(Strategy):
     """LoRA adapters of rank ``r`` on ``target_modules`` (default: every linear layer of the body).
 
-    For classification the new head trains in full and is saved with the adapter
-    (peft ``modules_to_save``).
+    Modules the task initialises fresh (a classifier) train in full and are saved with the
+    adapter (peft ``modules_to_save``).
     """
 
     name: ClassVar[str] = "lora"
@@ -54,9 +52,7 @@ class LoRAStrategy(Strategy):
 
     def lora_config(self, model: nn.Module, task: Task) -> LoraConfig:
         """The peft config for this model and task."""
-        heads = [
-            n for n in task.head_names(model) if any(True for _ in getattr(model, n).parameters())
-        ]
+        fresh = task.new_module_names(model)
         return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
@@ -65,8 +61,8 @@ class LoRAStrategy(Strategy):
             bias=self.bias,
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
-            task_type=_TASK_TYPES[task.kind],
-            modules_to_save=heads if task.kind == "classification" else None,
+            task_type=task.peft_task_type,
+            modules_to_save=fresh or None,
         )
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:

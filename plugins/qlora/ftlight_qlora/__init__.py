@@ -18,9 +18,6 @@ from ftlight_lora import LoRAStrategy
 
 log = logging.getLogger("ftlight.strategies.qlora")
 
-# Heads a classification model initialises fresh: they must stay in full precision.
-CLASSIFIER_HEADS = ["classifier", "score", "pooler", "pre_classifier", "qa_outputs"]
-
 
 def _require_bitsandbytes() -> Any:
     try:
@@ -68,7 +65,7 @@ class QLoRAStrategy(LoRAStrategy):
         _require_bitsandbytes()
         from transformers import BitsAndBytesConfig
 
-        skip = CLASSIFIER_HEADS if task.kind == "classification" else None
+        skip = task.full_precision_modules() or None
         if torch.cuda.is_available():
             device_map: Any = {"": int(os.environ.get("LOCAL_RANK", "0"))}
         else:
