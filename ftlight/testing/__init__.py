@@ -1,0 +1,43 @@
+"""Testing support shipped with ftlight: tiny-model helpers and the strategy conformance suite.
+
+A strategy plugin's test file runs the whole suite against its strategy with::
+
+    from ftlight.testing import StrategyConformance
+
+    class TestConformance(StrategyConformance):
+        strategy = "mine"
+"""
+
+from ftlight.testing.conformance import StrategyConformance
+from ftlight.testing.helpers import (
+    BASE,
+    DATA,
+    QUICK_FIT,
+    SETUPS,
+    Probe,
+    TrainedRun,
+    add_setup,
+    compose_config,
+    eval_logits,
+    fit,
+    isolated_cache,
+    snapshot,
+    train_with_probe,
+)
+
+__all__ = [
+    "BASE",
+    "DATA",
+    "QUICK_FIT",
+    "SETUPS",
+    "Probe",
+    "StrategyConformance",
+    "TrainedRun",
+    "add_setup",
+    "compose_config",
+    "eval_logits",
+    "fit",
+    "isolated_cache",
+    "snapshot",
+    "train_with_probe",
+]
