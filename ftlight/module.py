@@ -45,8 +45,11 @@ class FineTuneModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         attention_kernel: str = "auto",
+        fingerprint: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        #: the run's model and data (``ftlight.validate.check_run``), stored in checkpoints
+        self.fingerprint = dict(fingerprint or {})
         self.kernel_setting = check_kernel(attention_kernel)
         if self.kernel_setting == "auto" and compile:
             self.kernel_setting = "torch"  # compiled blocks are traced under PyTorch's choice
@@ -192,23 +195,27 @@ class FineTuneModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         """Optimizer over exactly the strategy's trainable parameters (+ scheduler per step)."""
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        if not decay and not no_decay:
+        groups: list[dict[str, Any]] = []
+        for group in self.strategy.optimizer_groups(self.model):
+            scale = float(group.get("lr_scale", 1.0))
+            decay, no_decay = [], []
+            for name, p in group["params"]:
+                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+            # Matrices decay at the optimizer's own rate (optimizer.weight_decay) unless the
+            # module was given one; biases and norms never decay.
+            if decay:
+                groups.append({"params": decay, "lr_scale": scale})
+                if self.weight_decay is not None:
+                    groups[-1]["weight_decay"] = self.weight_decay
+            if no_decay:
+                groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale})
+        if not groups:
             from ftlight.errors import ConfigError
 
             raise ConfigError(f"strategy={self.strategy.name} left no trainable parameters")
-        # Matrices decay at the optimizer's own rate (optimizer.weight_decay) unless the module
-        # was given one; biases and norms never decay.
-        groups: list[dict[str, Any]] = [{"params": decay}]
-        if self.weight_decay is not None:
-            groups[0]["weight_decay"] = self.weight_decay
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
         optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:  # before the scheduler reads the base rates
+            group["lr"] = group["lr"] * group["lr_scale"]
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
@@ -227,6 +234,7 @@ class FineTuneModule(L.LightningModule):
             "strategy": self.strategy.name,
             "task": self.task.name,
             "rng": torch.get_rng_state(),
+            **self.fingerprint,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -164,6 +164,7 @@ class TinyModel(HFModel):
         seed: int = 0,
         dtype: str | None = "float32",
         cache_dir: str | None = None,
+        bias: bool = False,
     ) -> None:
         from ftlight.models.tiny import TINY_ARCHS
 
@@ -180,6 +181,8 @@ class TinyModel(HFModel):
             "chat_template": chat_template,
             "seed": seed,
         }
+        if bias:  # llama: biases on every attention and MLP projection (bert always has them)
+            self.spec["bias"] = True
         self.cache_dir = cache_dir
         self._path: str | None = None
         super().__init__(name_or_path=f"tiny-{arch}", dtype=dtype)

@@ -39,6 +39,13 @@ class Strategy:
         """Freeze / inject adapters and return the model to train (may wrap it). Idempotent."""
         return model
 
+    def optimizer_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """How the optimizer sees the trainable parameters: a list of groups, each
+        ``{"params": [(name, parameter), ...], "lr_scale": float}`` (``lr_scale`` optional,
+        multiplying the configured learning rate). By default one group of every parameter
+        that requires a gradient; weight decay is split off per group by the module."""
+        return [{"params": [(n, p) for n, p in model.named_parameters() if p.requires_grad]}]
+
     def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint must hold: by default every trainable parameter."""
         return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}

@@ -21,6 +21,7 @@ from ftlight.testing.helpers import (
     eval_logits,
     fit,
     isolated_cache,
+    setup_overrides,
     snapshot,
     train_with_probe,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "eval_logits",
     "fit",
     "isolated_cache",
+    "setup_overrides",
     "snapshot",
     "train_with_probe",
 ]

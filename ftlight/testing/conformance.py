@@ -26,11 +26,11 @@ from omegaconf import OmegaConf
 from ftlight.strategies.base import Strategy
 from ftlight.testing.helpers import (
     BASE,
-    DATA,
     SETUPS,
     TrainedRun,
     compose_config,
     isolated_cache,
+    setup_overrides,
     train_with_probe,
 )
 
@@ -73,27 +73,30 @@ class StrategyConformance:
     overrides: ClassVar[list[str]] = []
     #: tolerance of the export's logits against the trained model's
     atol: ClassVar[float] = 1e-5
+    #: the tiny set-ups to run on: ``SETUPS`` keys, or names given to ``add_setup``
+    setups: ClassVar[list[str]] = sorted(SETUPS)
 
     @pytest.fixture(scope="class", autouse=True)
     def _cache(self, tmp_path_factory: pytest.TempPathFactory) -> Any:
         with isolated_cache(tmp_path_factory.mktemp("ftlight-cache")) as folder:
             yield folder
 
-    @pytest.fixture(scope="class", params=sorted(SETUPS))
-    def setup(self, request: pytest.FixtureRequest) -> str:
-        """The tiny model (and its task and data) a test runs on."""
-        return request.param
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Run each test that takes ``setup_name`` once per set-up in ``setups``."""
+        if "setup_name" in metafunc.fixturenames:
+            metafunc.parametrize("setup_name", list(self.setups), scope="class")
 
-    def _cfg(self, tmp: Path, setup: str, *extra: str) -> Any:
-        return compose_config([f"strategy={self.strategy}", *self.overrides, *extra], tmp, setup)
+    def _cfg(self, tmp: Path, setup_name: str | None, *extra: str) -> Any:
+        overrides = [f"strategy={self.strategy}", *self.overrides, *extra]
+        return compose_config(overrides, tmp, setup_name)
 
     @pytest.fixture(scope="class")
-    def trained(self, setup: str, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    def trained(self, setup_name: str, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
         """One full run (evaluation, checkpoints, export) of four steps."""
-        run_dir = tmp_path_factory.mktemp(f"{self.strategy}-{setup}")
-        cfg = self._cfg(run_dir, setup, *_STEPS)
+        run_dir = tmp_path_factory.mktemp(f"{self.strategy}-{setup_name}")
+        cfg = self._cfg(run_dir, setup_name, *_STEPS)
         result, probe = train_with_probe(cfg)
-        return TrainedRun(self.strategy, setup, cfg, result, probe)
+        return TrainedRun(self.strategy, setup_name, cfg, result, probe)
 
     # -- the contract ---------------------------------------------------------------------
     def test_conf_binds_to_the_constructor(self, tmp_path: Path) -> None:
@@ -136,11 +139,12 @@ class StrategyConformance:
         for name, tensor in ckpt["state_dict"].items():
             torch.testing.assert_close(tensor, trained.probe.end[name.removeprefix("model.")])
 
-    def test_resume_is_exact(self, setup: str, tmp_path: Path) -> None:
+    def test_resume_is_exact(self, setup_name: str, tmp_path: Path) -> None:
         """Two steps, then ``ckpt_path=`` on to four: the weights of four steps in one go."""
 
         def run(name: str, *extra: str) -> Any:
-            return train_with_probe(self._cfg(tmp_path / name, setup, *_STEPS, *_NO_EVAL, *extra))
+            cfg = self._cfg(tmp_path / name, setup_name, *_STEPS, *_NO_EVAL, *extra)
+            return train_with_probe(cfg)
 
         _, whole = run("whole")
         first, _ = run("first", "trainer.max_steps=2")
@@ -184,12 +188,8 @@ class StrategyConformance:
             "ftlight.train",
             f"strategy={self.strategy}",
             *self.overrides,
-            *[o for o in BASE if "progress_bar" not in o],
-            "model=tiny-llama",
-            "data=local",
-            f"data.train_path={DATA / 'alpaca_train.jsonl'}",
-            f"data.val_path={DATA / 'alpaca_val.jsonl'}",
-            "task.max_new_tokens=4",
+            *[o for o in BASE if "progress_bar" not in o and not o.startswith("trainer=")],
+            *setup_overrides(self.setups[0]),
             "trainer=ddp",
             "trainer.accelerator=cpu",
             "trainer.devices=2",

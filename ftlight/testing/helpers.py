@@ -58,6 +58,7 @@ SETUPS = {
         "data.format=text_label",
         f"data.train_path={DATA / 'reviews_train.csv'}",
         f"data.val_path={DATA / 'reviews_val.tsv'}",
+        "data.max_length=512",  # tiny-bert's position limit
     ],
 }
 # Short fits that certainly move the weights: a high constant learning rate, no validation
@@ -215,6 +216,11 @@ _setups: dict[str, list[str]] = dict(SETUPS)
 def add_setup(name: str, overrides: list[str]) -> None:
     """Register another set-up for ``compose_config`` (a test suite's own tiny model or data)."""
     _setups[name] = list(overrides)
+
+
+def setup_overrides(name: str) -> list[str]:
+    """The overrides of a set-up (a ``SETUPS`` key or a name given to ``add_setup``)."""
+    return list(_setups[name])
 
 
 @contextlib.contextmanager

@@ -85,7 +85,7 @@ def test_loss_falls(tmp_path) -> None:
     assert last < first - 0.1, probe.losses
 
 
-# -- bitsandbytes' CPU repacking after an eval-mode forward --------------------------------------------------------
+# -- bitsandbytes' CPU repacking after an eval-mode forward -----------------------------
 class _FirstLayerGrad(L.Callback):
     """The gradient norm of layer 0's first adapted linear layer's LoRA A, at the last step."""
 
