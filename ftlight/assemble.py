@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ftlight.attention import check_kernel
 from ftlight.errors import ConfigError, FtlightError
 from ftlight.module import FineTuneModule
+from ftlight.strategies.registry import check_strategy
 from ftlight.utils import timed
 
 log = logging.getLogger("ftlight")
@@ -189,7 +190,7 @@ def build_run(cfg: DictConfig) -> Run:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     run_dir = Path(cfg.run_dir)
-    strategy = instantiate(cfg.strategy)
+    strategy = check_strategy(instantiate(cfg.strategy), str(cfg.strategy.get("_target_")))
     task = instantiate(cfg.task)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     strategy.validate(trainer_cfg, task)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
 from importlib.resources import files
 from pathlib import Path
 
@@ -15,11 +17,17 @@ from omegaconf import OmegaConf
 from ftlight.strategies.registry import conf_packages
 
 CONF_DIR = str(files("ftlight.conf"))
+log = logging.getLogger("ftlight")
 
 
-def _package_dir(dotted: str) -> Path:
+def _package_dir(dotted: str) -> Path | None:
+    """The folder of a plugin's conf package, found without importing the plugin (a broken
+    plugin must not stop the others); None when it is not installed."""
     top, _, rest = dotted.partition(".")
-    base = Path(str(files(top)))
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(next(iter(spec.submodule_search_locations)))
     return base.joinpath(*rest.split(".")) if rest else base
 
 
@@ -29,9 +37,17 @@ class StrategyConfSearchPath(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         """Append ``file://<plugin>/conf`` for each registered plugin."""
         for name, package in sorted(conf_packages().items()):
-            search_path.append(
-                provider=f"ftlight-plugin-{name}", path=f"file://{_package_dir(package)}"
-            )
+            folder = _package_dir(package)
+            if folder is None or not folder.is_dir():
+                log.warning(
+                    "strategy plugin %r registers conf package %r, which is not installed; "
+                    "strategy=%s will not be found",
+                    name,
+                    package,
+                    name,
+                )
+                continue
+            search_path.append(provider=f"ftlight-plugin-{name}", path=f"file://{folder}")
 
 
 @functools.cache

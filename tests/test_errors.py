@@ -66,9 +66,10 @@ def test_unknown_attention_kernel_lists_the_choices(compose, tmp_path, no_weight
 def test_unknown_strategy_lists_the_strategies(compose, tmp_path) -> None:
     with pytest.raises(MissingConfigException) as info:
         compose(["strategy=nope"], tmp_path)
-    assert info.value.options == ["full", "head", "lora", "qlora"]
-    with pytest.raises(ConfigError, match="'nope'; installed strategies: full, head, lora, qlora"):
+    assert {"full", "head", "lora", "qlora"} <= set(info.value.options)  # and any other plugin
+    with pytest.raises(ConfigError, match="'nope'; installed strategies: .*full, head, lora") as err:
         get_strategy_class("nope")
+    assert "qlora" in str(err.value)
 
 
 def test_missing_data_file_names_it(compose, tmp_path, no_weights) -> None:

@@ -1,6 +1,6 @@
 """Strategy contract and registry; concrete strategies live in plugins."""
 
 from ftlight.strategies.base import Strategy
-from ftlight.strategies.registry import available_strategies, get_strategy_class
+from ftlight.strategies.registry import get_strategy_class
 
-__all__ = ["Strategy", "available_strategies", "get_strategy_class"]
+__all__ = ["Strategy", "get_strategy_class"]
