@@ -16,8 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from ftlight.attention import check_kernel
 from ftlight.errors import ConfigError, FtlightError
 from ftlight.module import FineTuneModule
+from ftlight.redact import redact, redacted_yaml, secrets_in
 from ftlight.strategies.registry import check_strategy
 from ftlight.utils import timed
+from ftlight.validate import check_config, check_run
 
 log = logging.getLogger("ftlight")
 
@@ -50,6 +52,7 @@ class Run:
     module: FineTuneModule
     trainer: L.Trainer
     load_kwargs: dict[str, Any]
+    train_seconds: float | None = None  # wall time of fit(), set by the caller that runs it
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Score the current model on ``split`` with the task's metrics (generation included)."""
@@ -107,7 +110,12 @@ class Run:
         return fresh
 
     def finish(
-        self, before: dict[str, float], after: dict[str, float], export: bool, plots: bool
+        self,
+        before: dict[str, float],
+        after: dict[str, float],
+        export: bool,
+        plots: bool,
+        few_shot: dict[str, Any] | None = None,
     ) -> Any:
         """Export, write ``metrics.json`` and plots, print the table (rank 0 only)."""
         from ftlight.evaluation.report import format_table, model_card, plot_run, write_metrics
@@ -137,9 +145,12 @@ class Run:
             "train": {
                 "steps": int(self.trainer.global_step),
                 "final_loss": history[-1][1] if history else None,
+                "seconds": self.train_seconds,
                 "data_stats": self.data.stats,
             },
         }
+        if few_shot:
+            payload["few_shot"] = few_shot
         exports: dict[str, Path] = {}
         model = self._export_model() if export else self.module.model
         for lg in self.trainer.loggers:
@@ -149,7 +160,7 @@ class Run:
             lg.log_metrics(scores, step=int(self.trainer.global_step))
             lg.save()
         if self.trainer.is_global_zero:
-            print("\n" + format_table(before, after) + "\n", flush=True)
+            print("\n" + format_table(before, after, few_shot) + "\n", flush=True)
             if export:
                 meta = {
                     "base_model": self.source.display_name,
@@ -159,7 +170,7 @@ class Run:
                     "params": payload["params"],
                     "labels": self.data.labels.names if self.data.labels else None,
                     "instruction": self.data.instruction,
-                    "config_yaml": OmegaConf.to_yaml(self.cfg, resolve=False),
+                    "config_yaml": redacted_yaml(self.cfg),
                 }
                 card = model_card(meta, before, after)
                 saver = ModelSaver(
@@ -168,7 +179,8 @@ class Run:
                 with timed("export", log):
                     exports = self.strategy.export(model, saver, self.run_dir)
                 payload["exports"] = {k: str(v) for k, v in exports.items()}
-            write_metrics(self.run_dir / "metrics.json", payload)
+            clean = redact(payload, secrets_in(self.cfg), by_key=False)  # keys are metric names
+            write_metrics(self.run_dir / "metrics.json", clean)
             if plots:
                 plot_run(self.run_dir, before, after, history, val_history)
             log.info("run folder: %s", self.run_dir)
@@ -190,6 +202,7 @@ def build_run(cfg: DictConfig) -> Run:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     run_dir = Path(cfg.run_dir)
+    check_config(cfg)  # every option, path and checkpoint, before anything is built or loaded
     strategy = check_strategy(instantiate(cfg.strategy), str(cfg.strategy.get("_target_")))
     task = instantiate(cfg.task)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -204,6 +217,7 @@ def build_run(cfg: DictConfig) -> Run:
         data.prepare()
     task.configure(tokenizer, data.references(cfg.eval.split))
     kwargs = {**task.model_kwargs(data.labels, tokenizer), **strategy.load_kwargs(task)}
+    fingerprint = check_run(cfg, source, data)  # the model's limits; a resume's model and data
     model = source.load(task.auto_class(), **kwargs)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -218,6 +232,7 @@ def build_run(cfg: DictConfig) -> Run:
         activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),
         compile=bool(cfg.get("compile", False)),
         attention_kernel=attention,
+        fingerprint=fingerprint,
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -232,7 +247,7 @@ def build_run(cfg: DictConfig) -> Run:
     )
     if not isinstance(trainer, L.Trainer):
         raise ConfigError("trainer config must build a lightning.pytorch.Trainer")
-    hparams = OmegaConf.to_container(cfg, resolve=False)
+    hparams = redact(cfg)  # loggers (CSV hparams.yaml, the W&B config) get secrets masked
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
     return Run(cfg, run_dir, strategy, source, task, tokenizer, data, module, trainer, kwargs)

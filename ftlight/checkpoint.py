@@ -1,32 +1,122 @@
-"""Checkpoint I/O that never leaves a half-written file behind."""
+"""Checkpoint I/O that never leaves a half-written file behind and never runs code on load."""
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ftlight.errors import ConfigError, StorageError
+from ftlight.utils import fsync_dir, temp_name
+
+#: errno values that mean "the disk (or the user's quota) is full"
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError a write raised.
+
+    ``torch.save`` turns a failed write into a RuntimeError from its zip writer ("unexpected
+    pos ..."), losing the reason; this keeps it, so a full disk can be reported as one.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temp file in the same folder, fsyncs, then renames it."""
+    """Writes each checkpoint to a temp file in the same folder, fsyncs, then renames it;
+    loads with ``weights_only=True`` whatever the caller asks."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
-        """Atomic ``torch.save``."""
+        """Atomic ``torch.save``; a full disk is a ``StorageError`` and the old file stays."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_name(path), dir=path.parent)
+        recorder = None
         try:
             with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
+                recorder = _WriteRecorder(f)
+                torch.save(checkpoint, recorder)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if _disk_full(err, recorder.error if recorder else None):
+                raise _disk_full_error(path) from err
             raise
+        fsync_dir(path.parent)
+
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """``torch.load`` of tensors and plain values only: a crafted file cannot run code.
+
+        ``weights_only`` is ignored on purpose: Lightning passes ``None`` (meaning "unpickle
+        anything") unless told otherwise, and http(s) paths default to that too.
+        """
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"ckpt_path={path} is not a checkpoint ftlight can load safely: it holds "
+                f"Python objects other than tensors and plain values, which could run code "
+                f"when loaded (torch.load with weights_only=True refused it: {reason}). "
+                "Resume from a checkpoint written by ftlight-train "
+                "(ckpt_path=<run folder>/checkpoints/last.ckpt)."
+            ) from None
+
+
+def _disk_full(err: BaseException, recorded: OSError | None) -> bool:
+    """Whether a failed checkpoint write failed for want of space."""
+    if isinstance(err, OSError) and err.errno in _DISK_FULL:
+        return True
+    if recorded is not None:
+        return recorded.errno in _DISK_FULL
+    # a path-based torch.save reports the failed write only in its message
+    return isinstance(err, RuntimeError) and "file write failed" in str(err)
+
+
+def _disk_full_error(path: Path) -> StorageError:
+    """The error for a checkpoint that did not fit on its disk."""
+    folder = path.parent
+    mount = folder.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MB free there"
+    except OSError:
+        free = "free space unknown"
+    error = StorageError(
+        f"no space left on {mount} while writing checkpoint {path}; the previous checkpoint "
+        f"is intact ({free}). Free some space and resume with ckpt_path={folder / 'last.ckpt'}, "
+        "or keep checkpoints on a larger disk: callbacks.checkpoint.dirpath=<folder>."
+    )
+    error.errno = errno.ENOSPC
+    return error

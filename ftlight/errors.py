@@ -15,3 +15,7 @@ class DataError(FtlightError, ValueError):
 
 class ModelError(FtlightError, RuntimeError):
     """A model that cannot be found, fetched or adapted."""
+
+
+class StorageError(FtlightError, OSError):
+    """A file the run must keep that could not be written (a full disk, a read-only folder)."""

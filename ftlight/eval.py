@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from ftlight.config import CONF_DIR, register
-from ftlight.errors import FtlightError
+from ftlight.errors import FtlightError, ModelError
+from ftlight.validate import looks_like_path
 
 log = logging.getLogger("ftlight")
 
@@ -32,13 +34,19 @@ def evaluate_model(model: str, overrides: list[str], split: str = "validation") 
         if (model_dir / "ftlight.json").exists():
             meta = json.loads((model_dir / "ftlight.json").read_text())
         config = json.loads((model_dir / "config.json").read_text())
+    elif looks_like_path(model):  # not a Hub id: say so without asking the Hub
+        raise ModelError(
+            f"ftlight-eval {model}: no such folder (looked in {Path(model).expanduser().resolve()})"
+            "; give a run folder, a model folder or a Hub id (org/name)"
+        )
     given = {o.split("=", 1)[0] for o in overrides}
-    defaults = ["model=hf", f"model.name_or_path={model_ref}", "strategy=full", "logger=none"]
+    defaults = ["model=hf", f"model.name_or_path={_quoted(model_ref)}", "strategy=full"]
+    defaults += ["logger=none", f"eval.split={split}"]
     if "task" not in given and meta.get("task"):
         defaults.append(f"task={meta['task']}")
     with tempfile.TemporaryDirectory(prefix="ftlight-eval-") as tmp:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[*defaults, *overrides, f"run_dir={tmp}"])
+            cfg = compose("config", overrides=[*defaults, *overrides, f"run_dir={_quoted(tmp)}"])
         with open_dict(cfg):
             cfg.callbacks.checkpoint = None
             cfg.trainer.enable_checkpointing = False
@@ -53,6 +61,12 @@ def evaluate_model(model: str, overrides: list[str], split: str = "validation") 
         run = build_run(cfg)
         run.module.configure_model()
         return run.evaluate(split)
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a quoted Hydra override value: commas, spaces and brackets stay literal."""
+    escaped = re.sub(r"(\\+)(?='|$)", r"\1\1", value)  # backslashes before a quote double
+    return "'" + escaped.replace("'", "\\'") + "'"
 
 
 def main(argv: list[str] | None = None) -> None:

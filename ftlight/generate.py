@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ftlight.errors import FtlightError, ModelError
+
+# class-name endings of transformers models that generate text
+_GENERATORS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
 def find_model_dir(path: str | Path) -> Path:
@@ -26,9 +31,15 @@ def find_model_dir(path: str | Path) -> Path:
 
 
 class Generator:
-    """Loads an exported causal LM and answers prompts greedily (or by sampling)."""
+    """Loads an exported causal LM and answers prompts greedily (or by sampling).
 
-    def __init__(self, model_dir: str | Path, device: str | None = None) -> None:
+    A model folder's own Python code (``auto_map`` in its config) runs only with
+    ``trust_remote_code=True``; otherwise such a folder is refused, never asked about.
+    """
+
+    def __init__(
+        self, model_dir: str | Path, device: str | None = None, trust_remote_code: bool = False
+    ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -36,16 +47,22 @@ class Generator:
         self.model_dir = find_model_dir(model_dir)
         meta_path = self.model_dir / "ftlight.json"
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if self.meta.get("task", "causal_lm") != "causal_lm":
+        config = json.loads((self.model_dir / "config.json").read_text())
+        architectures = config.get("architectures") or []
+        if architectures and not any(a.endswith(_GENERATORS) for a in architectures):
             raise ModelError(
-                f"{self.model_dir} was trained for task={self.meta['task']}; ftlight-generate "
-                "needs a causal LM (use ftlight-eval for classifiers)"
+                f"{self.model_dir} holds a {architectures[0]}, which does not generate text; "
+                "ftlight-generate needs a causal LM (score classifiers with ftlight-eval)"
             )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        # always a bool: None would make transformers ask on stdin, where piped input answers
+        trust = {"trust_remote_code": bool(trust_remote_code)}
+        with _refusing_remote_code(self.model_dir):
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, **trust)
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, **trust)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).to(self.device).eval()
+        self.model = model.to(self.device).eval()
 
     def with_instruction(self, text: str) -> str:
         """``text`` laid out as an alpaca input under the instruction the model was trained on.
@@ -86,6 +103,22 @@ class Generator:
         return self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
 
 
+@contextlib.contextmanager
+def _refusing_remote_code(model_dir: Path) -> Iterator[None]:
+    """Turn transformers' refusal to run a folder's code into a ``ModelError`` with the fix."""
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ModelError(
+            f"{model_dir} needs its own Python code to load (config.json names custom classes "
+            "in auto_map), and ftlight-generate does not run code from a model folder unless "
+            "told to. If you trust every .py file in that folder, pass --trust-remote-code; "
+            "a model exported by ftlight-train never needs it."
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     parser = argparse.ArgumentParser(
@@ -100,13 +133,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--raw", action="store_true", help="no chat template (prompt_completion)")
     parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped in the model folder (auto_map); only for folders you trust",
+    )
+    parser.add_argument(
         "--no-instruction",
         action="store_true",
         help="send the prompt alone, without the instruction every training row shared",
     )
     args = parser.parse_args(argv)
     try:
-        gen = Generator(args.run)
+        gen = Generator(args.run, trust_remote_code=args.trust_remote_code)
     except FtlightError as err:
         parser.exit(2, f"ftlight-generate: {err}\n")
     history: list[dict[str, str]] = (

@@ -29,6 +29,11 @@ class WarmupSchedule:
             raise ConfigError(f"scheduler kind {kind!r} is not one of {', '.join(KINDS)}")
         if not 0.0 <= warmup_ratio < 1.0:
             raise ConfigError(f"scheduler.warmup_ratio={warmup_ratio} must be in [0, 1)")
+        if warmup_steps is not None and warmup_steps < 0:
+            raise ConfigError(f"scheduler.warmup_steps={warmup_steps} must be null or 0 or more")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            # below 0 the rate turns negative at the end of the decay: gradient ascent
+            raise ConfigError(f"scheduler.min_lr_ratio={min_lr_ratio} must be in [0, 1]")
         self.kind = kind
         self.warmup_ratio = warmup_ratio
         self.warmup_steps = warmup_steps

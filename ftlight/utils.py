@@ -11,6 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+log = logging.getLogger("ftlight")
+
+#: environment variables launchers set to a process's (or its node's) rank: Lightning's
+#: launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
 
 @contextlib.contextmanager
 def timed(what: str, logger: logging.Logger) -> Iterator[None]:
@@ -20,23 +26,64 @@ def timed(what: str, logger: logging.Logger) -> Iterator[None]:
     logger.info("%s: %.1f s", what, time.perf_counter() - start)
 
 
+def is_launching_process() -> bool:
+    """Whether this process is rank 0 of its job, the one that owns the run folder.
+
+    Read from the environment because it is needed before Lightning sets up distributed
+    training: the ranks it (or torchrun, or SLURM) starts carry their rank in these variables.
+    """
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries to disk, so that a rename in it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (network mounts) cannot sync a folder; the rename stands
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` (written by code that does not sync its own files)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for path in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        fsync_dir(path)
+    fsync_dir(folder)
+
+
+def temp_name(target: Path) -> str:
+    """The prefix of the temporary names used while ``target`` is written."""
+    return f".{target.name}.tmp-"
+
+
 def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
     """Write a folder via ``write(tmp)`` next to ``target`` and move it into place at the end.
 
-    A crash leaves at most a hidden temp folder, never a half-written ``target``.
+    A crash leaves at most a hidden temp folder, never a half-written ``target``; a crash
+    while an old ``target`` is swapped out leaves it as ``.<name>.old-<pid>``, which
+    ``remove_stale_temps`` puts back.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_name(target), dir=target.parent))
     try:
         write(tmp)
+        _fsync_tree(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
+            fsync_dir(target.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+            fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -52,7 +99,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file atomically (temp file + rename): readers see all of it or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_name(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -63,3 +110,40 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Tidy what killed atomic writes left in ``folder`` (not below it); return what changed.
+
+    Temp files and folders (``.<name>.tmp-*``) are deleted. A swapped-out old folder
+    (``.<name>.old-<pid>``) is deleted when ``<name>`` exists, and renamed back otherwise:
+    then it is the only complete copy. Only call this while no other process writes there.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    changed = []
+    for path in sorted(folder.glob(".*.tmp-*")):
+        log.info("remove the leftover of an interrupted write: %s", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        changed.append(path)
+    for path in sorted(folder.glob(".*.old-*")):
+        name = path.name[1:].rsplit(".old-", 1)[0]
+        target = folder / name
+        if target.exists() or target.is_symlink():
+            log.info("remove the leftover of an interrupted replace: %s", path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        else:
+            log.warning("put back %s, left aside by an interrupted replace", target)
+            os.replace(path, target)
+        changed.append(path)
+    if changed:
+        fsync_dir(folder)
+    return changed

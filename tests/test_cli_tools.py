@@ -62,6 +62,19 @@ def test_generate_refuses_a_folder_without_a_model(tmp_path: Path) -> None:
         Generator(tmp_path)
 
 
+def test_generate_refuses_a_classifier(tmp_path: Path) -> None:
+    """A folder holding a model that does not generate text (here a tiny BERT classifier)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8, num_labels=2,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="BertForSequenceClassification, which does not gener"):
+        Generator(tmp_path, device="cpu")
+
+
 def test_eval_reproduces_the_after_metrics(run_dir: Path) -> None:
     after = json.loads((run_dir / "metrics.json").read_text())["after"]
     metrics = evaluate_model(

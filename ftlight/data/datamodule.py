@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ftlight.data.formats import examples_digest
 from ftlight.errors import ConfigError, DataError
 from ftlight.tasks.base import LabelInfo, Task, label_key
 
@@ -67,6 +68,8 @@ class FineTuneData(L.LightningDataModule):
         self.labels: LabelInfo | None = None
         self.stats: dict[str, Any] = {}
         self.instruction: str | None = None
+        #: hash of the parsed training rows, stored in checkpoints to match a resume to its data
+        self.fingerprint: str | None = None
 
     # -- where records come from (subclasses) ---------------------------------------------
     def load_records(self) -> dict[str, tuple[str, list[dict[str, Any]]]]:
@@ -141,6 +144,7 @@ class FineTuneData(L.LightningDataModule):
                             "with it."
                         )
             self._label_ids = ids
+        self.fingerprint = examples_digest(examples["train"])
         self._tokenize(examples)
 
     def _tokenize(self, examples: dict[str, list[tuple[str, Any]]]) -> None:
@@ -161,7 +165,7 @@ class FineTuneData(L.LightningDataModule):
             entry = cache.load(folder, key)
             if entry is not None:
                 self.encoded, self.stats = entry["encoded"], entry["stats"]
-                log.info("tokenised data read from the cache (%s)", folder / f"{key}.pkl")
+                log.info("tokenised data read from the cache (%s)", cache.entry_path(folder, key))
                 for split, stats in self.stats.items():
                     self._warn_truncated(split, stats)
                 return
@@ -172,14 +176,13 @@ class FineTuneData(L.LightningDataModule):
 
     def _warn_truncated(self, split: str, stats: dict[str, int]) -> None:
         if stats["truncated"] or stats["dropped"]:
+            n = stats["dropped"]
+            dropped = f"; {n} dropped (no answer token left)" if n else ""
             log.warning(
-                "%s: %d of %d rows longer than data.max_length=%s were truncated; %d dropped "
-                "(no response token left). Raise data.max_length to keep them whole.",
-                split,
-                stats["truncated"],
-                stats["rows"] + stats["dropped"],
-                self.max_length,
-                stats["dropped"],
+                "%s: %d of %d rows longer than data.max_length=%s were truncated%s. Raise "
+                "data.max_length to keep them whole.",
+                *(split, stats["truncated"], stats["rows"] + stats["dropped"], self.max_length),
+                dropped,
             )
 
     def _hold_out(self, rows: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -201,7 +204,7 @@ class FineTuneData(L.LightningDataModule):
     def _encode(self, split: str, rows: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         truncated = dropped = 0
-        for _, ex in rows:
+        for where, ex in rows:
             encoded = self.task.encode(
                 ex,
                 self.tokenizer,
@@ -213,6 +216,11 @@ class FineTuneData(L.LightningDataModule):
                 dropped += 1
                 continue
             row, was_truncated = encoded
+            if row.get("reference") == "":  # every answer, even an empty one, would match it
+                raise DataError(
+                    f"{where}: the reference answer is empty after tokenisation (data.max_length="
+                    f"{self.max_length}); raise data.max_length or fix the row's answer."
+                )
             truncated += int(was_truncated)
             out.append(row)
         self.stats[split] = {"rows": len(out), "truncated": truncated, "dropped": dropped}

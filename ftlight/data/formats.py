@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -95,7 +96,7 @@ class Format:
             f"{where}: {what} (needed as the {role} by data.format={self.name}). The row has "
             f"fields {sorted(map(str, record))}.{hint} Fill in the value, pick the format that "
             f"matches your data (data.format=...), or map the column with "
-            f"data.fields.{role}=<column>."
+            f"data.fields.{role}_field=<column>."
         )
 
     def _text(
@@ -107,7 +108,7 @@ class Format:
             raise DataError(
                 f"{where}: field '{field}' ({role}) is a {type(value).__name__}, expected text. "
                 f"Store plain text in '{field}' or map another column with "
-                f"data.fields.{role}=<column>."
+                f"data.fields.{role}_field=<column>."
             )
         if required and (text is None or not text.strip()):
             raise self._missing(record, where, role, field)
@@ -177,6 +178,13 @@ class Chat(Format):
                 f"{where}: the conversation ends with a '{messages[-1]['role']}' message "
                 f"(message {len(messages)}); it must end with the assistant reply to learn. "
                 "Remove the trailing turn(s) or add the assistant's answer."
+            )
+        if not messages[-1]["content"].strip():
+            # the last reply is what evaluation scores: an empty reference matches anything
+            raise DataError(
+                f"{where}: the final assistant message (message {len(messages)}) is empty; it "
+                "is the answer the model learns and is scored against. Write the reply or drop "
+                "the row."
             )
         return SFTExample(messages=messages)
 
@@ -324,18 +332,36 @@ FORMATS: dict[str, type[Format]] = {
 """Every format by the name used in config (data.format=<name>)."""
 
 
+def field_names(name: str) -> list[str]:
+    """The column settings format ``name`` takes (``data.fields.<setting>=<column>``)."""
+    return [p for p in inspect.signature(FORMATS[name].__init__).parameters if p != "self"]
+
+
 def get_format(name: str, **kwargs: Any) -> Format:
-    """Build the format called `name`, passing field-name overrides as keyword arguments."""
+    """Build the format called `name`, passing field-name overrides as keyword arguments.
+
+    Settings left null keep the format's default column, so the data config can declare every
+    format's settings at once.
+    """
     cls = FORMATS.get(name)
     if cls is None:
         raise ConfigError(
             f"data.format={name!r} is not a known format; available: {', '.join(FORMATS)}."
         )
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = sorted(set(given) - set(field_names(name)))
+    if unknown:
+        accepted = ", ".join(f"data.fields.{k}" for k in field_names(name))
         raise ConfigError(
-            f"data.format={name} got unexpected settings {sorted(kwargs)}; it accepts "
-            f"{accepted}. ({err})"
-        ) from err
+            f"data.fields.{unknown[0]}={given[unknown[0]]} does not apply to data.format={name}, "
+            f"which reads {accepted}; remove it or pick the format that has that column."
+        )
+    return cls(**given)
+
+
+def examples_digest(rows: list[tuple[str, SFTExample | ClassificationExample]]) -> str:
+    """A short hash of parsed ``(where, example)`` rows: the same for the same rows in order."""
+    digest = hashlib.sha256()
+    for _, example in rows:
+        digest.update(repr(example).encode())
+    return digest.hexdigest()[:16]

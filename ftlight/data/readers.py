@@ -87,11 +87,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _iter_jsonl(lines: Iterator[str] | IO[str], path: Path) -> Iterator[dict[str, Any]]:
+    decoder = _KeyCheckingDecoder()
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record, duplicate = decoder.decode(line)
         except json.JSONDecodeError as err:
             raise DataError(
                 f"{path} line {line_number}: not valid JSON ({err.msg} at column {err.colno}). "
@@ -103,6 +104,8 @@ def _iter_jsonl(lines: Iterator[str] | IO[str], path: Path) -> Iterator[dict[str
                 f"{path} line {line_number}: is {_kind(record)}, expected a JSON object such as "
                 '{"instruction": "...", "output": "..."}.'
             )
+        if duplicate is not None:
+            raise _duplicate_error(f"{path} line {line_number}", duplicate)
         yield record
 
 
@@ -112,7 +115,7 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     if not text.strip():
         return []
     try:
-        data = json.loads(text)
+        data, duplicate = _KeyCheckingDecoder().decode(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":
             # Many ".json" files are really JSON Lines; read them as such rather than fail.
@@ -139,7 +142,61 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     for number, record in enumerate(data, start=1):
         if not isinstance(record, dict):
             raise DataError(f"{path} row {number}: is {_kind(record)}, expected a JSON object.")
+        if duplicate is not None and _holds(record, duplicate):
+            raise _duplicate_error(f"{path} row {number}", duplicate)
+    if duplicate is not None:  # outside the rows, e.g. in the object that holds them
+        raise _duplicate_error(str(path), duplicate)
     return data
+
+
+class _Repeated(dict):
+    """A JSON object in which ``key`` appeared more than once (the last value kept)."""
+
+    key: str = ""
+
+
+class _KeyCheckingDecoder:
+    """Decodes JSON text and remembers the first object in it that repeats a key."""
+
+    def __init__(self) -> None:
+        self._first: _Repeated | None = None
+        # one decoder per file: building it per line would double the parsing time
+        self._decoder = json.JSONDecoder(object_pairs_hook=self._build)
+
+    def _build(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        seen: set[str] = set()
+        repeated = _Repeated(obj)
+        repeated.key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        if self._first is None:
+            self._first = repeated
+        return repeated
+
+    def decode(self, text: str) -> tuple[Any, _Repeated | None]:
+        """The value of ``text`` and the first object that repeats a key (None if none)."""
+        self._first = None
+        return self._decoder.decode(text), self._first
+
+
+def _holds(value: Any, target: _Repeated) -> bool:
+    """Whether ``target`` is ``value`` or nested anywhere inside it."""
+    if value is target:
+        return True
+    if isinstance(value, dict):
+        return any(_holds(v, target) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds(v, target) for v in value)
+    return False
+
+
+def _duplicate_error(where: str, obj: _Repeated) -> DataError:
+    return DataError(
+        f"{where}: key {obj.key!r} appears more than once in the same object; JSON keeps only "
+        "the last value, so the other would be lost without a word. Remove or rename the "
+        "repeated key."
+    )
 
 
 def _is_list_of_objects(value: Any) -> bool:

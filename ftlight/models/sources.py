@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ftlight.errors import ConfigError, ModelError
 from ftlight.utils import timed
+from ftlight.validate import looks_like_path
 
 log = logging.getLogger("ftlight.models")
 
@@ -53,7 +54,7 @@ class HFModel:
             )
         self.name_or_path = str(name_or_path)
         self.dtype = parse_dtype(dtype)
-        self.trust_remote_code = trust_remote_code
+        self.trust_remote_code = bool(trust_remote_code)  # None would ask on stdin
         self.revision = revision
         self.attn_implementation = attn_implementation
 
@@ -65,7 +66,7 @@ class HFModel:
     def resolve(self) -> str:
         """The path (or Hub id) handed to ``from_pretrained``."""
         path = Path(self.name_or_path).expanduser()
-        looks_local = path.is_absolute() or self.name_or_path.startswith(".") or path.exists()
+        looks_local = looks_like_path(self.name_or_path)
         if looks_local and not (path / "config.json").is_file():
             raise ModelError(
                 f"model.name_or_path={self.name_or_path!r} is not a model folder "

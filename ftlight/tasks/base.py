@@ -97,6 +97,11 @@ class Task:
         """
         raise NotImplementedError
 
+    def text_rows(self, text: str, tokenizer: Any, window: int) -> list[dict[str, Any]]:
+        """Evaluation rows scoring the model's next-token loss on plain text (general-text
+        perplexity, ``eval.general``); none when the task's model does not predict tokens."""
+        return []
+
     def training_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """The loss to minimise on one micro-batch of model inputs (the model's own loss)."""
         return model(**inputs, use_cache=False).loss

@@ -89,6 +89,12 @@ class CausalLMTask(Task):
             row.update(prompt_and_reference(enc.input_ids, enc.labels, tokenizer))
         return row, enc.truncated
 
+    def text_rows(self, text: str, tokenizer: Any, window: int) -> list[dict[str, Any]]:
+        """Consecutive windows of ``window`` tokens of ``text``, every token labelled."""
+        ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        windows = (ids[i : i + window] for i in range(0, len(ids), window))
+        return [{"input_ids": w, "labels": list(w)} for w in windows if len(w) > 1]
+
     def training_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over the response tokens, projecting only their positions.
 

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ftlight.data import cache
@@ -51,7 +52,7 @@ def _no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_second_run_reads_the_cache(data_file, cache_dir, chatml_tokenizer, monkeypatch):
     first = _prepare(data_file, chatml_tokenizer)
-    assert len(list(cache_dir.glob("*.pkl"))) == 1
+    assert len(list(cache_dir.glob("*.npz"))) == 1
     _no_encoding(monkeypatch)
     second = _prepare(data_file, chatml_tokenizer)
     assert second.encoded == first.encoded
@@ -76,7 +77,7 @@ def test_anything_that_changes_the_encoding_misses(
     else:
         chatml_tokenizer.chat_template = chatml_tokenizer.chat_template.replace("helpful", "terse")
     data = _prepare(data_file, chatml_tokenizer, **kwargs)
-    assert len(list(cache_dir.glob("*.pkl"))) == 2  # a new entry beside the first
+    assert len(list(cache_dir.glob("*.npz"))) == 2  # a new entry beside the first
     assert data.encoded["train"]
 
 
@@ -91,8 +92,8 @@ def test_truncation_is_reported_on_a_hit_too(data_file, cache_dir, chatml_tokeni
 
 def test_a_corrupt_entry_is_rebuilt(data_file, cache_dir, chatml_tokenizer, caplog):
     first = _prepare(data_file, chatml_tokenizer)
-    (entry,) = cache_dir.glob("*.pkl")
-    entry.write_bytes(b"not a pickle")
+    (entry,) = cache_dir.glob("*.npz")
+    entry.write_bytes(b"not an npz file")
     with caplog.at_level(logging.WARNING, logger="ftlight"):
         again = _prepare(data_file, chatml_tokenizer)
     assert "unreadable" in caplog.text
@@ -107,4 +108,31 @@ def test_cache_off_writes_nothing(data_file, cache_dir, chatml_tokenizer):
 
 def test_no_temp_files_are_left(data_file, cache_dir, chatml_tokenizer):
     _prepare(data_file, chatml_tokenizer)
-    assert [p.name for p in cache_dir.iterdir() if not p.name.endswith(".pkl")] == []
+    names = sorted(p.name for p in cache_dir.iterdir())
+    assert [n.rsplit(".", 1)[1] for n in names] == ["json", "npz"]
+
+
+def test_arrays_that_do_not_match_their_hash_are_rebuilt(
+    data_file, cache_dir, chatml_tokenizer, caplog
+):
+    """Another entry's arrays (a valid file, the wrong content) fail the sha256 check."""
+    first = _prepare(data_file, chatml_tokenizer)
+    (entry,) = cache_dir.glob("*.npz")
+    other = {"train/input_ids": np.arange(3), "train/input_ids.offsets": np.array([0, 3])}
+    np.savez(entry, **other)
+    with caplog.at_level(logging.WARNING, logger="ftlight"):
+        again = _prepare(data_file, chatml_tokenizer)
+    assert "sha256" in caplog.text
+    assert again.encoded == first.encoded
+
+
+@pytest.mark.parametrize("meta", [b"{not json", b"[]", b'{"format": "ftlight-tokenized/2"}'])
+def test_a_foreign_json_is_rebuilt(data_file, cache_dir, chatml_tokenizer, caplog, meta):
+    first = _prepare(data_file, chatml_tokenizer)
+    (entry,) = cache_dir.glob("*.json")
+    entry.write_bytes(meta)
+    with caplog.at_level(logging.WARNING, logger="ftlight"):
+        again = _prepare(data_file, chatml_tokenizer)
+    assert "unreadable" in caplog.text
+    assert again.encoded == first.encoded
+    assert json.loads(entry.read_text())["key"] == entry.stem  # rewritten whole

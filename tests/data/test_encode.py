@@ -1,6 +1,7 @@
 """Tests for ftlight.data.encode with locally built byte-level tokenizers."""
 
 import logging
+from pathlib import Path
 
 import pytest
 from tokenizers import processors
@@ -260,3 +261,35 @@ def test_classification_without_token_type_ids(plain_tokenizer):
     assert encoded.token_type_ids is None
     assert len(encoded.input_ids) == 51
     assert encoded.truncated is False
+
+
+@pytest.mark.parametrize("max_length", [None, 512, 16])
+def test_classification_truncation_counts_only_rows_that_lose_tokens(
+    cls_tokenizer, max_length, caplog
+):
+    """The data statistics (logged, and written to metrics.json) count exactly the rows longer
+    than data.max_length."""
+    from ftlight.data.sources import LocalData
+    from ftlight.tasks import ClassificationTask
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    data = LocalData(
+        train_path=str(fixtures / "reviews_train.csv"),
+        val_path=str(fixtures / "reviews_val.tsv"),
+        format="text_label",
+        max_length=max_length,
+        cache_tokenized=False,
+    )
+    data.bind(cls_tokenizer, ClassificationTask())
+    with caplog.at_level(logging.WARNING, logger="ftlight.data"):
+        data.prepare()
+    texts = [r["text"] for r in data.load_records()["train"][1]]
+    lengths = [len(cls_tokenizer(t)["input_ids"]) for t in texts]
+    longer = sum(max_length is not None and n > max_length for n in lengths)
+    assert data.stats["train"] == {"rows": len(texts), "truncated": longer, "dropped": 0}
+    assert longer == {None: 0, 512: 0, 16: 12}[max_length]
+    if longer:
+        assert f"train: {longer} of {len(texts)} rows longer than data.max_length=16" in caplog.text
+        assert "dropped" not in caplog.text  # classification rows are never dropped
+    else:
+        assert "truncated" not in caplog.text

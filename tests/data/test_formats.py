@@ -12,6 +12,7 @@ from ftlight.data.formats import (
     PromptCompletion,
     SFTExample,
     TextLabel,
+    field_names,
     get_format,
 )
 from ftlight.errors import ConfigError, DataError
@@ -54,8 +55,20 @@ def test_get_format_unknown_name_lists_available():
 
 
 def test_get_format_unknown_setting_lists_accepted():
-    with pytest.raises(ConfigError, match=r"accepts \['prompt_field', 'completion_field'\]"):
+    with pytest.raises(ConfigError) as err:
         get_format("prompt_completion", text_field="x")
+    assert str(err.value).startswith(
+        "data.fields.text_field=x does not apply to data.format=prompt_completion, which reads "
+        "data.fields.prompt_field, data.fields.completion_field"
+    )
+
+
+def test_null_settings_keep_the_default_columns():
+    """The data config declares every format's settings as null; those are ignored."""
+    fmt = get_format("text_label", text_field="review", instruction_field=None, label_field=None)
+    example = fmt.parse({"review": "ok", "label": "pos"}, "row 1")
+    assert (example.text, example.label) == ("ok", "pos")
+    assert field_names("text_label") == ["text_field", "label_field", "text_pair_field"]
 
 
 # --- alpaca ---------------------------------------------------------------------------------
@@ -91,7 +104,7 @@ def test_alpaca_missing_field_message_names_field_row_fields_and_fix():
     assert message.startswith("train.csv row 7: has no field 'instruction'")
     assert "The row has fields ['completion', 'prompt']" in message
     assert "set data.format=prompt_completion" in message
-    assert "data.fields.instruction=<column>" in message
+    assert "data.fields.instruction_field=<column>" in message
 
 
 @pytest.mark.parametrize("output", ["", "   ", None, float("nan")])
@@ -218,6 +231,17 @@ def test_chat_without_assistant_content():
         Chat().parse(record, WHERE)
 
 
+@pytest.mark.parametrize("last", ["", "  \n"])
+def test_chat_with_an_empty_final_reply(last):
+    """An earlier reply has content, the scored one is empty: an empty reference would match
+    any answer."""
+    record = {"messages": [user("a"), assistant("b"), user("c"), assistant(last)]}
+    with pytest.raises(DataError) as err:
+        Chat().parse(record, WHERE)
+    assert str(err.value).startswith(f"{WHERE}: the final assistant message (message 4) is empty")
+    assert "Write the reply or drop the row" in str(err.value)
+
+
 def test_chat_missing_field_suggests_format():
     with pytest.raises(DataError) as err:
         Chat().parse({"instruction": "a", "output": "b"}, WHERE)
@@ -251,7 +275,7 @@ def test_prompt_completion_is_raw():
 def test_prompt_completion_field_mapping_and_missing():
     fmt = PromptCompletion(prompt_field="q", completion_field="a")
     assert fmt.parse({"q": "x", "a": "y"}, WHERE).messages == [user("x"), assistant("y")]
-    with pytest.raises(DataError, match="has no field 'a'.*data.fields.completion=<column>"):
+    with pytest.raises(DataError, match="has no field 'a'.*data.fields.completion_field=<column>"):
         fmt.parse({"q": "x"}, WHERE)
 
 

@@ -118,6 +118,39 @@ def test_jsonl_gz(tmp_path):
     assert read_records(path) == [{"a": 1}, {"a": 2}]
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "where", "key"),
+    [
+        ("t.jsonl", '{"a": 1}\n{"a": 2, "b": 3, "a": 4}\n', "t.jsonl line 2", "a"),
+        ("t.json", '[{"a": 1}, {"a": 2}, {"b": 3, "b": 4}]', "t.json row 3", "b"),
+        ("t.json", '{"rows": [{"a": 1, "a": 2}]}', "t.json row 1", "a"),
+        ("t.json", '{"v": 1, "v": 2, "rows": [{"a": 1}]}', "t.json", "v"),
+        (
+            "t.jsonl",
+            '{"messages": [{"role": "user", "content": "a", "content": "b"}]}\n',
+            "t.jsonl line 1",
+            "content",
+        ),
+    ],
+    ids=["jsonl", "json-list", "json-object", "outside-rows", "nested"],
+)
+def test_a_key_repeated_in_one_object_names_file_row_and_key(tmp_path, name, content, where, key):
+    """``json`` would keep the last value and drop the other without a word."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_records(path)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / where}: key '{key}' appears more than once")
+    assert "Remove or rename the repeated key" in message
+
+
+def test_the_same_key_in_different_rows_is_fine(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('[{"a": 1, "b": {"a": 2}}, {"a": 3}]', encoding="utf-8")
+    assert read_records(path) == [{"a": 1, "b": {"a": 2}}, {"a": 3}]
+
+
 def test_json_list(tmp_path):
     path = tmp_path / "train.json"
     path.write_text(json.dumps([{"x": "é"}, {"x": 2}]), encoding="utf-8")

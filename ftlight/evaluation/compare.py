@@ -1,0 +1,422 @@
+"""Runs side by side: read run folders, pick the main metric, build the rows, recommend one.
+
+Each run folder is read as it was left: ``metrics.json`` (scores, parameters, throughput),
+``.hydra/`` (its overrides and config) and what it exported. A folder without ``metrics.json``
+is a run that failed or did not finish, and stays in the comparison as such.
+
+The main metric is the first of ``PREFERRED`` that every finished run reports after training,
+else the loss; ``--metric`` picks another. The recommendation is the run with the fewest
+trainable parameters whose score is within a tolerance of the best run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftlight.errors import ConfigError
+
+PREFERRED = ("accuracy", "json/exact_match", "exact_match")
+"""Main metric, in order of preference: classification accuracy, then structured-record exact
+match (a JSON answer with the same fields and values), then plain exact match."""
+
+FALLBACK = "loss"
+"""Main metric when runs report none of ``PREFERRED`` (e.g. causal LM without generation)."""
+
+TRIAL_FILE = "trial.json"
+"""What the sweep callback records about a trial beside its run (status, error, peak RSS)."""
+
+_LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+@dataclass
+class RunRecord:
+    """One run folder as the comparison reads it."""
+
+    path: Path
+    name: str
+    status: str  # ok | failed | incomplete
+    note: str = ""
+    overrides: dict[str, str] = field(default_factory=dict)
+    choices: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    trial: dict[str, Any] = field(default_factory=dict)
+    saved_bytes: int | None = None
+    saved_what: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run finished and wrote its metrics."""
+        return self.status == "ok"
+
+    @property
+    def strategy(self) -> str:
+        """The strategy's name (from the metrics, else the config group chosen)."""
+        return str(self.metrics.get("strategy") or self.choices.get("strategy") or "?")
+
+    @property
+    def task(self) -> str | None:
+        """The task's name, when known."""
+        return self.metrics.get("task") or self.choices.get("task")
+
+    @property
+    def rank(self) -> int | None:
+        """The adapter rank ``strategy.r`` of strategies that have one."""
+        value = (self.config.get("strategy") or {}).get("r")
+        return value if isinstance(value, int) else None
+
+    @property
+    def trainable(self) -> int | None:
+        """Trainable parameters."""
+        return (self.metrics.get("params") or {}).get("trainable")
+
+    @property
+    def total(self) -> int | None:
+        """All parameters, adapters included."""
+        return (self.metrics.get("params") or {}).get("total")
+
+    def score(self, phase: str, metric: str) -> float | None:
+        """``metric`` in ``before`` / ``after`` / ``few_shot``, if measured."""
+        if phase == "few_shot":
+            return ((self.metrics.get("few_shot") or {}).get("scores") or {}).get(metric)
+        return (self.metrics.get(phase) or {}).get(metric)
+
+    @property
+    def few_shot_k(self) -> int | None:
+        """How many examples the few-shot baseline put in the prompt."""
+        return (self.metrics.get("few_shot") or {}).get("k")
+
+    @property
+    def train_seconds(self) -> float | None:
+        """Wall time of ``fit``."""
+        return (self.metrics.get("train") or {}).get("seconds")
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Real (non-padding) training tokens per second."""
+        return (self.metrics.get("throughput") or {}).get("real_tokens_per_s")
+
+    @property
+    def peak_memory_mb(self) -> float | None:
+        """Peak memory: the trial's own peak RSS when a local sweep recorded it (trials of one
+        sweep share a process, whose lifetime peak the run itself reports), else the run's."""
+        accelerator = str((self.config.get("trainer") or {}).get("accelerator", ""))
+        if self.trial.get("peak_rss_mb") is not None and accelerator == "cpu":
+            return float(self.trial["peak_rss_mb"])
+        return (self.metrics.get("throughput") or {}).get("peak_memory_mb")
+
+
+# -- reading ------------------------------------------------------------------------------
+def is_run_folder(path: Path) -> bool:
+    """A folder a run wrote: Hydra's ``.hydra/`` or a ``metrics.json``."""
+    return (path / ".hydra").is_dir() or (path / "metrics.json").is_file()
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run folders given directly or found under the given folders (a sweep), in order."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise ConfigError(
+                f"{path} is not a folder (looked in {path.resolve()}); give run folders or a "
+                "multirun sweep folder that holds them"
+            )
+        below = [path] if is_run_folder(path) else _runs_below(path)
+        if not below:
+            raise ConfigError(
+                f"{path} holds no run folders (a run folder has .hydra/ or metrics.json); give "
+                "the folder ftlight-train wrote, e.g. runs/<date>/<time> or "
+                "runs/multirun/<date>/<time>"
+            )
+        found += [p for p in below if p not in found]
+    return found
+
+
+def _runs_below(folder: Path) -> list[Path]:
+    runs: list[Path] = []
+    for child in sorted(folder.iterdir(), key=lambda p: _natural(p.name)):
+        if child.is_dir() and not child.name.startswith("."):
+            runs += [child] if is_run_folder(child) else _runs_below(child)
+    return runs
+
+
+def _natural(name: str) -> list[Any]:
+    """Sort key that orders ``2_x`` before ``10_x`` (Hydra numbers the jobs of a sweep)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def read_run(path: Path, name: str) -> RunRecord:
+    """Everything the comparison needs from one run folder."""
+    hydra = path / ".hydra"
+    run = RunRecord(path=path, name=name, status="ok")
+    run.overrides = parse_overrides(_read_yaml(hydra / "overrides.yaml") or [])
+    run.choices = ((_read_yaml(hydra / "hydra.yaml") or {}).get("hydra") or {}).get(
+        "runtime", {}
+    ).get("choices") or {}
+    run.config = _read_yaml(hydra / "config.yaml") or {}
+    run.trial = _read_json(path / TRIAL_FILE) or {}
+    metrics = _read_json(path / "metrics.json")
+    if metrics is None:
+        run.status, run.note = _why_unfinished(path, run.trial)
+        return run
+    run.metrics = metrics
+    run.saved_what, run.saved_bytes = _saved(path, metrics.get("exports") or {})
+    return run
+
+
+def parse_overrides(lines: list[Any]) -> dict[str, str]:
+    """``key=value`` lines of ``.hydra/overrides.yaml`` as a dict (``+``/``++`` dropped)."""
+    out: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = str(line).partition("=")
+        if key.startswith("~"):
+            out[key[1:]] = "(removed)"
+        else:
+            out[key.lstrip("+")] = value if sep else ""
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _why_unfinished(path: Path, trial: dict[str, Any]) -> tuple[str, str]:
+    if trial.get("status") == "failed":
+        return "failed", str(trial.get("error") or "the trial raised an error")
+    for log in sorted(path.glob("*.log")):
+        errors = [
+            line.split("][ERROR] - ", 1)[1].strip() for line in _lines(log) if "][ERROR] - " in line
+        ]
+        if errors:
+            return "failed", errors[-1]
+    others = [p for p in path.iterdir() if p.name != ".hydra"]
+    if not others:
+        return "incomplete", "nothing but .hydra/: stopped before the run started"
+    return "incomplete", "no metrics.json: stopped before the end, or still running"
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _saved(path: Path, exports: dict[str, str]) -> tuple[str, int | None]:
+    """What the run saved for reuse and its size: the adapter when there is one (the merged
+    model is a convenience copy), else the model."""
+    if not exports:
+        return "", None
+    name = (
+        "adapter"
+        if "adapter" in exports
+        else "model"
+        if "model" in exports
+        else next(iter(exports))
+    )
+    folder = path / name if (path / name).is_dir() else Path(exports[name])
+    if not folder.is_dir():
+        return f"{name}/", None
+    return f"{name}/", sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# -- the comparison -----------------------------------------------------------------------
+@dataclass
+class Comparison:
+    """Runs of one task, the metric they are compared on, and what differs between them."""
+
+    runs: list[RunRecord]
+    metric: str
+    varying: list[str]
+    tolerance: float
+
+    @property
+    def lower_is_better(self) -> bool:
+        """Whether a smaller value of the main metric is better (loss, perplexity)."""
+        return lower_is_better(self.metric)
+
+    @property
+    def finished(self) -> list[RunRecord]:
+        """Runs with metrics."""
+        return [r for r in self.runs if r.ok]
+
+    @property
+    def strategies_differ(self) -> bool:
+        """Whether the runs use more than one strategy."""
+        return len({r.strategy for r in self.runs}) > 1
+
+    def label(self, run: RunRecord) -> str:
+        """A short name for a run: its strategy (when they differ), rank, other overrides."""
+        parts = [run.strategy] if self.strategies_differ else []
+        if run.rank is not None and (self.strategies_differ or "strategy.r" in self.varying):
+            parts.append(f"r={run.rank}")
+        parts += [
+            f"{short_key(k, self.varying)}={run.overrides[k]}"
+            for k in self.varying
+            if k not in ("strategy", "strategy.r") and k in run.overrides
+        ]
+        return " ".join(parts) or run.name
+
+
+def compare(paths: list[Path], metric: str | None = None, tolerance: float = 0.01) -> Comparison:
+    """Read the runs under ``paths`` and set up their comparison."""
+    if not (isinstance(tolerance, int | float) and tolerance >= 0 and math.isfinite(tolerance)):
+        raise ConfigError(f"--tolerance {tolerance!r}: expected a number >= 0, e.g. 0.01")
+    folders = find_runs(paths)
+    root = _common_root(folders, paths)
+    runs = [read_run(p, p.relative_to(root).as_posix() if p != root else p.name) for p in folders]
+    _check_one_task(runs)
+    return Comparison(
+        runs=runs,
+        metric=choose_metric(runs, metric),
+        varying=varying_overrides(runs),
+        tolerance=float(tolerance),
+    )
+
+
+def _common_root(folders: list[Path], given: list[Path]) -> Path:
+    if len(given) == 1 and not is_run_folder(given[0]):
+        return given[0]
+    resolved = [p.resolve() for p in folders]
+    if len(resolved) == 1:
+        return folders[0].parent
+    import os
+
+    common = Path(os.path.commonpath(resolved))
+    return common if common not in resolved else common.parent
+
+
+def _check_one_task(runs: list[RunRecord]) -> None:
+    by_task: dict[str, list[str]] = {}
+    for run in runs:
+        if run.task:
+            by_task.setdefault(run.task, []).append(run.name)
+    if len(by_task) > 1:
+        groups = "; ".join(f"task={t}: {', '.join(names)}" for t, names in by_task.items())
+        raise ConfigError(
+            f"cannot compare runs of different tasks ({groups}): their metrics measure "
+            "different things. Compare each task's runs separately, e.g. ftlight-compare "
+            + " ".join(str(r.path) for r in runs if r.task == next(iter(by_task)))
+        )
+
+
+def lower_is_better(metric: str) -> bool:
+    """Loss and perplexity fall as a model improves; every other metric rises."""
+    return metric.rsplit("/", 1)[-1] in _LOWER_IS_BETTER
+
+
+def choose_metric(runs: list[RunRecord], requested: str | None = None) -> str:
+    """The requested metric (checked), else the first of ``PREFERRED`` all finished runs
+    report, else ``FALLBACK``."""
+    finished = [r for r in runs if r.ok]
+    reported = sorted({k for r in finished for k in r.metrics.get("after") or {}})
+    if requested:
+        if finished and requested not in reported:
+            raise ConfigError(
+                f"--metric {requested}: no run reports it after training; they report "
+                f"{', '.join(reported) or 'nothing'}"
+            )
+        return requested
+    for name in PREFERRED:
+        if finished and all(name in (r.metrics.get("after") or {}) for r in finished):
+            return name
+    return FALLBACK
+
+
+def varying_overrides(runs: list[RunRecord]) -> list[str]:
+    """Override keys whose value is not the same in every run (missing counts as a value)."""
+    keys = sorted({k for r in runs for k in r.overrides})
+    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+def short_key(key: str, keys: list[str]) -> str:
+    """``strategy.r`` -> ``r`` unless another key ends the same way."""
+    last = key.rsplit(".", 1)[-1]
+    return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
+
+
+# -- the recommendation -------------------------------------------------------------------
+def recommend(comparison: Comparison) -> tuple[RunRecord | None, list[str]]:
+    """The run with the fewest trainable parameters whose score is within the tolerance of
+    the best run's, and the lines that give the evidence (plus the smallest rank within the
+    tolerance, when runs of several ranks were compared)."""
+    c, metric = comparison, comparison.metric
+    scored = [r for r in c.finished if r.score("after", metric) is not None and r.trainable]
+    if len(scored) < 2:
+        n = "no finished run" if not scored else "only one finished run"
+        return None, [f"{n} scored on {metric}: nothing to choose between."]
+    sign = 1.0 if c.lower_is_better else -1.0
+
+    def value(r: RunRecord) -> float:
+        return float(r.score("after", metric))
+
+    best = min(scored, key=lambda r: (sign * value(r), r.trainable))
+    near = [r for r in scored if sign * (value(r) - value(best)) <= c.tolerance + 1e-12]
+    pick = min(near, key=lambda r: (r.trainable, sign * value(r), r.train_seconds or 0.0))
+    within = _tolerance_words(c.tolerance, metric)
+    lines = [_evidence(c, pick, best, within)]
+    ranked = [r for r in near if r.rank is not None]
+    if len({r.rank for r in scored if r.rank is not None}) > 1 and ranked:
+        low = min(ranked, key=lambda r: (r.rank, r.trainable))
+        if low is not pick:
+            lines.append(
+                f"Smallest rank within {within} of the best: {c.label(low)} "
+                f"({_num(value(low))}, {low.trainable:,} trainable parameters)."
+            )
+    return pick, lines
+
+
+def _evidence(c: Comparison, pick: RunRecord, best: RunRecord, within: str) -> str:
+    metric = c.metric
+    value = f"{_num(pick.score('after', metric))} {metric}"
+    if pick is best:
+        others = [r for r in c.finished if r is not best and r.score("after", metric) is not None]
+        runner = ""
+        if others:
+            sign = 1.0 if c.lower_is_better else -1.0
+            nxt = min(others, key=lambda r: sign * r.score("after", metric))
+            runner = f" (next: {c.label(nxt)}, {_num(nxt.score('after', metric))})"
+        return (
+            f"{c.label(pick)} scores best ({value}), and no run with fewer trainable "
+            f"parameters comes within {within} of it{runner}."
+        )
+    ratio = best.trainable / pick.trainable
+    fewer = f"{_ratio(ratio)}x fewer" if ratio >= 1.05 else "as many"
+    return (
+        f"{c.label(pick)} reaches {value}, within {within} of the best "
+        f"({c.label(best)}, {_num(best.score('after', metric))}), with {fewer} trainable "
+        f"parameters ({pick.trainable:,} vs {best.trainable:,})."
+    )
+
+
+def _tolerance_words(tolerance: float, metric: str) -> str:
+    if lower_is_better(metric):
+        return f"{tolerance:g}"
+    points = tolerance * 100
+    return f"{points:g} point" + ("" if points == 1 else "s")
+
+
+def _ratio(ratio: float) -> str:
+    return f"{ratio:,.0f}" if ratio >= 100 else f"{ratio:.2g}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,138 @@
+"""A run folder belongs to one run: locked while it writes, never reused by another run.
+
+``claim_run_folder`` wraps a whole run. Rank 0 (the launching process) takes an exclusive
+``flock`` on ``<run folder>/.ftlight.lock``, refuses a folder that holds another run's results
+(unless this run resumes from that folder's checkpoint) and removes what killed writes left.
+The other ranks of a distributed run share the folder and skip all of that. Every process
+masks secrets in the Hydra files it wrote itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ftlight.errors import ConfigError
+from ftlight.redact import redact_yaml_files, secrets_in
+from ftlight.utils import is_launching_process, remove_stale_temps
+
+log = logging.getLogger("ftlight")
+
+LOCK_FILE = ".ftlight.lock"
+"""The file rank 0 holds an exclusive ``flock`` on while its run writes the folder."""
+
+#: ``ckpt_path`` values Lightning resolves inside the run's own checkpoint folder
+_IN_PLACE_CKPT = {"last", "best", "hpc"}
+
+
+@contextlib.contextmanager
+def claim_run_folder(cfg: Any) -> Iterator[Path]:
+    """Hold ``cfg.run_dir`` for one run (see the module docstring); yields the folder."""
+    run_dir = Path(cfg.run_dir)
+    hydra_files = hydra_output_subdir()
+    if hydra_files is not None:
+        redact_yaml_files(hydra_files, secrets_in(cfg))
+    if not is_launching_process():
+        yield run_dir
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir):
+        _refuse_other_results(run_dir, cfg.get("ckpt_path"))
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_stale_temps(folder)
+        yield run_dir
+
+
+def hydra_output_subdir() -> Path | None:
+    """The folder where Hydra saved this job's config (``.hydra/``), if Hydra started it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.output_subdir is None:
+        return None
+    return Path(hydra.runtime.output_dir) / hydra.output_subdir
+
+
+def previous_results(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` another run left: checkpoints, ``metrics.json``, exports."""
+    found = []
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(not p.name.startswith(".") for p in checkpoints.iterdir()):
+        found.append("checkpoints/")
+    if (run_dir / "metrics.json").exists():
+        found.append("metrics.json")
+    if run_dir.is_dir():
+        # every export (model/, adapter/, a plugin's own) is written with an ftlight.json
+        found += sorted(f"{p.name}/" for p in run_dir.iterdir() if (p / "ftlight.json").is_file())
+    return found
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """An exclusive, non-blocking ``flock`` on the run folder's lock file for the block."""
+    path = run_dir / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ConfigError(
+                f"another run is writing into {run_dir} ({holder}); two runs in one folder "
+                "would overwrite each other's checkpoints and results. Give this run a folder "
+                "of its own: hydra.run.dir=<new folder>. To continue that run once it has "
+                f"stopped: ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}."
+            ) from None
+        except OSError as err:  # a file system without locks (some network mounts)
+            log.warning("cannot lock %s (%s); not guarding against concurrent runs", path, err)
+            locked = False
+        else:
+            locked = True
+        if not locked:
+            yield
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _refuse_other_results(run_dir: Path, ckpt_path: Any) -> None:
+    """Raise unless ``run_dir`` is new, or this run resumes from a checkpoint inside it."""
+    found = previous_results(run_dir)
+    if not found:
+        return
+    if ckpt_path is not None and _resumes_in(run_dir, str(ckpt_path)):
+        log.info("resuming in %s, which holds %s", run_dir, ", ".join(found))
+        return
+    raise ConfigError(
+        f"{run_dir} already holds the results of another run ({', '.join(found)}); this run "
+        "would overwrite them. Start it in a new folder (hydra.run.dir=<new folder>, or leave "
+        "hydra.run.dir to its dated default), or continue that run from its checkpoint: "
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}."
+    )
+
+
+def _resumes_in(run_dir: Path, ckpt_path: str) -> bool:
+    """Whether ``ckpt_path`` is a checkpoint of ``run_dir`` (a file in it, or "last"...)."""
+    if ckpt_path in _IN_PLACE_CKPT:
+        return True
+    if "://" in ckpt_path:
+        return False
+    ckpt = Path(ckpt_path).expanduser().resolve()
+    return ckpt.is_relative_to(run_dir.resolve())

@@ -1,0 +1,167 @@
+"""Secrets stay out of files: credential-like settings are masked in everything a run writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from ftlight.redact import MASK, is_secret_key, redact, redact_yaml_files, secrets_in
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["api_key", "key", "token", "hf_token", "access_token", "secret", "password", "passwd",
+     "secret_token", "WANDB_API_KEY", "apiKey", "client_secret", "db_password_file"],
+)  # fmt: skip
+def test_credential_names_are_secret(name: str) -> None:
+    assert is_secret_key(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["max_new_tokens", "pad_token_id", "tokenizer", "cache_tokenized", "eos_token", "pad_token",
+     "num_tokens", "label_id", "keys_ids", "monitor", "name_or_path", "", None, 3],
+)  # fmt: skip
+def test_ordinary_settings_are_not(name) -> None:
+    assert not is_secret_key(name)
+
+
+def test_redact_masks_values_assignments_and_repeats() -> None:
+    cfg = OmegaConf.create(
+        {
+            "secret_token": "abc123xyz",
+            "notes": {"hf_token": "hf_top", "text": "uses abc123xyz", "from_env": None},
+            "env_key": "${oc.env:SOME_TOKEN_VAR}",  # where the secret is, not the secret
+            "task": {"max_new_tokens": 8, "pad_token_id": 2},
+        }
+    )
+    overrides = ["+secret_token=abc123xyz", "+notes.hf_token=hf_top", "task.max_new_tokens=8"]
+    clean = redact({"cfg": cfg, "overrides": overrides, "dirname": ",".join(overrides)})
+    assert clean["cfg"] == {
+        "secret_token": MASK,
+        "notes": {"hf_token": MASK, "text": f"uses {MASK}", "from_env": None},
+        "env_key": "${oc.env:SOME_TOKEN_VAR}",
+        "task": {"max_new_tokens": 8, "pad_token_id": 2},
+    }
+    assert clean["overrides"] == [f"+secret_token={MASK}", f"+notes.hf_token={MASK}", overrides[2]]
+    assert clean["dirname"] == ",".join(clean["overrides"])
+    assert OmegaConf.to_container(cfg)["secret_token"] == "abc123xyz"  # a copy: cfg unchanged
+
+
+def test_a_value_from_the_environment_is_known_as_a_secret(monkeypatch) -> None:
+    monkeypatch.setenv("FTLIGHT_TEST_TOKEN", "from-the-env-42")
+    cfg = OmegaConf.create({"hf_token": "${oc.env:FTLIGHT_TEST_TOKEN}", "note": "x"})
+    assert secrets_in(cfg) == {"from-the-env-42"}
+    assert redact({"log": "token from-the-env-42 used"}, secrets_in(cfg), by_key=False) == {
+        "log": f"token {MASK} used"
+    }
+
+
+def test_metric_names_are_not_masked_by_key() -> None:
+    metrics = {"after": {"json/field_acc/key": 0.5}, "data": "train.jsonl abc123xyz"}
+    assert redact(metrics, {"abc123xyz"}, by_key=False) == {
+        "after": {"json/field_acc/key": 0.5},
+        "data": f"train.jsonl {MASK}",
+    }
+
+
+def test_hydra_files_are_rewritten_only_when_they_hold_a_secret(tmp_path) -> None:
+    (tmp_path / "overrides.yaml").write_text("- +secret_token=abc123xyz\n- seed=1\n")
+    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    assert redact_yaml_files(tmp_path) == [tmp_path / "overrides.yaml"]
+    assert OmegaConf.load(tmp_path / "overrides.yaml") == [f"+secret_token={MASK}", "seed=1"]
+    assert (tmp_path / "config.yaml").read_text() == "seed: 1\n"
+
+
+SECRETS = {"abc123xyz": "+secret_token", "hf_topsecret42": "+notes.hf_token"}
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ftlight-train`` with secret overrides, CSV logger, evaluation after and export."""
+    root = tmp_path_factory.mktemp("secrets")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FTLIGHT_TEST_KEY": "envsecret99"}
+    args = [
+        "model=tiny-llama",
+        "data=local",
+        f"data.train_path={FIXTURES / 'alpaca_train.jsonl'}",
+        f"data.val_path={FIXTURES / 'alpaca_val.jsonl'}",
+        "trainer=cpu",
+        "trainer.precision=32-true",
+        "trainer.max_steps=1",
+        "callbacks.progress=null",
+        "logger=csv",
+        "eval.before=false",
+        "eval.plots=false",
+        "task.max_new_tokens=4",
+        *(f"{key}={value}" for value, key in SECRETS.items()),
+        "+notes.api_key=${oc.env:FTLIGHT_TEST_KEY}",
+        f"hydra.run.dir={root / 'run'}",
+    ]
+    cmd = [sys.executable, "-m", "ftlight.train", *args]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
+def test_no_file_of_the_run_holds_a_secret(cli_run: Path) -> None:
+    files = [p for p in cli_run.rglob("*") if p.is_file()]
+    names = {str(p.relative_to(cli_run)) for p in files}
+    expected = {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
+    expected |= {"logs/hparams.yaml", "metrics.json", "model/README.md", "model/ftlight.json"}
+    assert expected <= names
+    for path in files:
+        data = path.read_bytes()
+        for secret in [*SECRETS, "envsecret99"]:
+            assert secret.encode() not in data, f"{secret} in {path}"
+
+
+def test_the_masked_files_still_say_what_was_set(cli_run: Path) -> None:
+    overrides = OmegaConf.to_container(OmegaConf.load(cli_run / ".hydra" / "overrides.yaml"))
+    assert f"+secret_token={MASK}" in overrides and f"+notes.hf_token={MASK}" in overrides
+    assert "+notes.api_key=${oc.env:FTLIGHT_TEST_KEY}" in overrides
+    for name in (".hydra/config.yaml", "logs/hparams.yaml"):
+        cfg = OmegaConf.load(cli_run / name)
+        assert cfg.secret_token == MASK and cfg.notes.hf_token == MASK, name
+        assert OmegaConf.to_container(cfg.notes)["api_key"] == "${oc.env:FTLIGHT_TEST_KEY}"
+        assert cfg.task.max_new_tokens == 4, name  # ordinary settings untouched
+    card = (cli_run / "model" / "README.md").read_text()
+    assert f"secret_token: '{MASK}'" in card
+
+
+def test_the_wandb_config_holds_no_secret(helpers, tmp_path, monkeypatch) -> None:
+    """W&B (offline) records the hyper-parameters ftlight logs: masked."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = [
+        *helpers.QUICK_FIT,
+        "trainer.max_steps=1",
+        "eval.before=false",
+        "eval.after=false",
+        "eval.export=false",
+        "logger=wandb",
+        "logger.wandb.offline=true",
+        "+secret_token=abc123xyz",
+    ]
+    helpers.train(helpers.compose(overrides, tmp_path, "causal_lm"))
+    import wandb
+
+    wandb.finish()  # Lightning leaves the run open
+    (record,) = tmp_path.glob("wandb/offline-run-*/*.wandb")
+    for _ in range(60):  # W&B's service process writes the record after finish() returns
+        if b"secret_token" in record.read_bytes():  # the logged config is in there
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"no config in {record}")
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"abc123xyz" not in path.read_bytes(), path
