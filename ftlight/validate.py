@@ -263,8 +263,9 @@ def _check_data(cfg: DictConfig) -> None:
 
     fmt = _select(cfg, "data.format")
     fields = _select(cfg, "data.fields")
-    demo_auto = fmt == "auto" and str(data.get("_target_", "")).endswith("DemoData")
-    if fmt is not _ABSENT and not demo_auto:
+    if fmt == "auto":  # the task's default (a source with its own format uses the same)
+        fmt = getattr(_target_class(_select(cfg, "task._target_")), "default_format", _ABSENT)
+    if fmt is not _ABSENT:
         get_format(fmt, **(fields if isinstance(fields, dict) else {}))  # names, columns
     if _select(cfg, "eval.split") == "test" and (
         _select(cfg, "eval.before") is True or _select(cfg, "eval.after") is True
@@ -314,7 +315,7 @@ def _check_cache(cfg: DictConfig) -> None:
     uses_cache = target.endswith((".TinyModel", ".PyPIModel"))
     if not uses_cache and _select(cfg, "data.cache_tokenized") is not True:
         return
-    from ftlight.models.pypi import cache_root
+    from ftlight.paths import cache_root
 
     root = cache_root()
     try:
@@ -458,6 +459,18 @@ def _select(cfg: DictConfig, key: str) -> Any:
     if isinstance(node, DictConfig | ListConfig):
         return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+def _target_class(target: Any) -> type | None:
+    """The class a ``_target_`` names, or None when it cannot be imported (reported later)."""
+    if not isinstance(target, str) or not target:
+        return None
+    from hydra.utils import get_class
+
+    try:
+        return get_class(target)
+    except Exception:  # an unimportable target is reported when it is built
+        return None
 
 
 def _registered_name(target: str | None) -> str | None:

@@ -79,9 +79,10 @@ def _targets(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
 def _accepted(target: Any) -> set[str] | None:
     """Keyword names ``target`` accepts; None when it takes any keyword.
 
-    ftlight's own classes that take ``**kwargs`` pass them to their base class (LocalData to
-    FineTuneData, QLoRAStrategy to LoRAStrategy), so their bases' names count and nothing
-    else; a third-party ``**kwargs`` goes elsewhere (DDPStrategy to DDP) and accepts anything.
+    ftlight's own classes that take ``**kwargs`` pass them to their base class
+    (QLoRAStrategy to LoRAStrategy), and its functions to the class they build (``builds``:
+    data=local's ``local_files`` to FineTuneData), so those names count and nothing else; a
+    third-party ``**kwargs`` goes elsewhere (DDPStrategy to DDP) and accepts anything.
     """
     ours = target.__module__.split(".")[0].startswith("ftlight")
     classes = target.__mro__ if isinstance(target, type) else [None]
@@ -96,6 +97,9 @@ def _accepted(target: Any) -> set[str] | None:
         names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             return names
+        if ours and cls is None and hasattr(target, "builds"):
+            inner = _accepted(target.builds)
+            return None if inner is None else names | inner
         if not ours or cls is None:
             return None
     return None

@@ -1,4 +1,4 @@
-"""Batch encoded rows: dynamic padding, sequence packing, and length-grouped batch sampling.
+"""Collate encoded rows into batches: dynamic padding, sequence packing, evaluation prompts.
 
 Packed batches carry no attention_mask: transformers (5.x) detects packing from position_ids
 that restart at 0 and masks attention across sequences, but only when the model is called
@@ -9,16 +9,13 @@ default `use_cache=True` sequences silently attend to each other (tests/data/tes
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
 
+from ftlight.data.encode import IGNORE_INDEX
 from ftlight.errors import ConfigError, DataError
-
-IGNORE_INDEX = -100
-"""Label value the loss ignores."""
 
 
 def _check_pad_id(pad_token_id: int | None) -> None:
@@ -183,79 +180,26 @@ class PackCollator:
         return ids, labels, positions
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of similar-length rows in shuffled order, deterministic per seed and epoch."""
+class EvalCollator:
+    """Pads rows for the loss and, for SFT rows, left-pads their prompts for generation."""
 
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        drop_last: bool = False,
-        mega_batch_mult: int = 50,
-        num_replicas: int = 1,
-        rank: int = 0,
-    ) -> None:
-        if batch_size < 1 or mega_batch_mult < 1:
-            raise ConfigError(
-                f"batch_size={batch_size} and mega_batch_mult={mega_batch_mult} must be >= 1."
-            )
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ConfigError(f"rank={rank} must be in [0, num_replicas={num_replicas}).")
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.mega_batch_mult = mega_batch_mult
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
+    def __init__(self, pad: Any) -> None:
+        self.pad = pad
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use a different (but reproducible) order for this epoch."""
-        self.epoch = epoch
-
-    def _num_batches(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
-
-    def __len__(self) -> int:
-        """Number of batches this rank yields per epoch."""
-        total = self._num_batches()
-        if self.drop_last:
-            return total // self.num_replicas
-        return math.ceil(total / self.num_replicas)
-
-    def all_batches(self) -> list[list[int]]:
-        """Every batch of this epoch for all ranks, before the per-rank split."""
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        n = len(self.lengths)
-        if self.shuffle:
-            indices = torch.randperm(n, generator=generator).tolist()
-        else:
-            indices = list(range(n))
-        mega = self.batch_size * self.mega_batch_mult
-        batches: list[list[int]] = []
-        for start in range(0, n, mega):
-            group = sorted(indices[start : start + mega], key=lambda i: -self.lengths[i])
-            batches += [
-                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
-            ]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        if self.shuffle and batches:
-            order = torch.randperm(len(batches), generator=generator).tolist()
-            batches = [batches[i] for i in order]
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        """Yield this rank's batches: every num_replicas-th batch starting at rank."""
-        batches = self.all_batches()
-        per_rank = len(self)
-        needed = per_rank * self.num_replicas
-        if batches and needed > len(batches):
-            # Repeat batches from the start so every rank runs the same number of steps.
-            batches += [batches[i % len(batches)] for i in range(needed - len(batches))]
-        yield from batches[:needed][self.rank :: self.num_replicas]
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collate a list of encoded rows."""
+        keep = ("input_ids", "labels", "label", "token_type_ids")
+        batch = self.pad([{k: r[k] for k in keep if k in r} for r in rows])
+        if rows and "prompt_ids" in rows[0]:
+            width = max(len(r["prompt_ids"]) for r in rows)
+            pad_id = self.pad.pad_token_id
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                n = len(r["prompt_ids"])
+                ids[i, width - n :] = torch.tensor(r["prompt_ids"])
+                mask[i, width - n :] = 1
+            batch["gen_input_ids"] = ids
+            batch["gen_attention_mask"] = mask
+            batch["references"] = [r["reference"] for r in rows]
+        return batch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +11,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ftlight.data.formats import examples_digest
+from ftlight.data.collate import EvalCollator, PackCollator, PadCollator, pack_rows
+from ftlight.data.formats import examples_digest, get_format
+from ftlight.data.samplers import (
+    LengthGroupedBatchSampler,
+    ResumableLoader,
+    ShuffledBatches,
+    SkippingBatches,
+)
 from ftlight.errors import ConfigError, DataError
 from ftlight.tasks.base import LabelInfo, Task, label_key
 
@@ -22,15 +28,18 @@ SPLITS = ("train", "validation", "test")
 
 
 class FineTuneData(L.LightningDataModule):
-    """Shared behaviour of every data source; subclasses only say where records come from.
+    """Rows from a source, one way: read -> format -> encode -> batch.
 
-    Call ``bind(tokenizer, task)`` then ``prepare()`` (``train()`` does both); the encoded
-    splits, label names and validation references are then available before any training.
+    ``source`` says where raw records come from (``ftlight.data.sources``). Call
+    ``bind(tokenizer, task)`` then ``prepare()`` (``train()`` does both); the encoded splits,
+    label names and validation references are then available before any training.
+    ``format="auto"`` takes the source's format for the task, else the task's default.
     """
 
     def __init__(
         self,
-        format: str = "alpaca",
+        source: Any,
+        format: str = "auto",
         fields: Mapping[str, str] | None = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -49,6 +58,7 @@ class FineTuneData(L.LightningDataModule):
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+        self.source = source
         self.format_name = format
         self.fields = dict(fields or {})
         self.batch_size = batch_size
@@ -71,14 +81,14 @@ class FineTuneData(L.LightningDataModule):
         #: hash of the parsed training rows, stored in checkpoints to match a resume to its data
         self.fingerprint: str | None = None
 
-    # -- where records come from (subclasses) ---------------------------------------------
+    # -- where records come from -----------------------------------------------------------
     def load_records(self) -> dict[str, tuple[str, list[dict[str, Any]]]]:
         """Split name -> (source name for messages, raw records). ``validation`` optional."""
-        raise NotImplementedError
+        return self.source.records(self.task)
 
     def describe(self) -> str:
         """One line naming the data, for logs and the model card."""
-        return type(self).__name__
+        return self.source.describe()
 
     # -- preparation ----------------------------------------------------------------------
     def bind(self, tokenizer: Any, task: Task) -> FineTuneData:
@@ -93,8 +103,8 @@ class FineTuneData(L.LightningDataModule):
             return
         if self.tokenizer is None or self.task is None:
             raise RuntimeError("call bind(tokenizer, task) before prepare()")
-        from ftlight.data.formats import get_format
-
+        if self.format_name == "auto":
+            self.format_name = self.source.format_for(self.task) or self.task.default_format
         fmt = get_format(self.format_name, **self.fields)
         if fmt.example_type is not self.task.example_type:
             from ftlight.data.formats import FORMATS
@@ -153,7 +163,7 @@ class FineTuneData(L.LightningDataModule):
 
         folder = key = None
         if self.cache_tokenized:
-            from ftlight.models.pypi import cache_root
+            from ftlight.paths import cache_root
 
             folder = cache_root() / "tokenized"
             settings = {
@@ -250,12 +260,6 @@ class FineTuneData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Length-grouped (or packed) batches with dynamic padding, sharded across ranks."""
-        from ftlight.data.collate import (
-            LengthGroupedBatchSampler,
-            PackCollator,
-            PadCollator,
-            pack_rows,
-        )
 
         rows = self.encoded["train"]
         world, rank = self._world()
@@ -281,10 +285,10 @@ class FineTuneData(L.LightningDataModule):
                 rank=rank,
             )
         else:
-            sampler = _ShuffledBatches(len(items), self.batch_size, self.seed, world, rank)
+            sampler = ShuffledBatches(len(items), self.batch_size, self.seed, world, rank)
         return ResumableLoader(
             items,
-            batch_sampler=_SkippingBatches(sampler),
+            batch_sampler=SkippingBatches(sampler),
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -301,7 +305,6 @@ class FineTuneData(L.LightningDataModule):
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        from ftlight.data.collate import PadCollator
 
         rows = self.encoded[split]
         world, _ = self._world()
@@ -324,105 +327,6 @@ class FineTuneData(L.LightningDataModule):
         if "test" not in self.encoded:
             raise ConfigError("this data has no test split: set data.test_path")
         return self._eval_loader("test")
-
-
-class EvalCollator:
-    """Pads rows for the loss and, for SFT rows, left-pads their prompts for generation."""
-
-    def __init__(self, pad: Any) -> None:
-        self.pad = pad
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """Collate a list of encoded rows."""
-        keep = ("input_ids", "labels", "label", "token_type_ids")
-        batch = self.pad([{k: r[k] for k in keep if k in r} for r in rows])
-        if rows and "prompt_ids" in rows[0]:
-            width = max(len(r["prompt_ids"]) for r in rows)
-            pad_id = self.pad.pad_token_id
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                n = len(r["prompt_ids"])
-                ids[i, width - n :] = torch.tensor(r["prompt_ids"])
-                mask[i, width - n :] = 1
-            batch["gen_input_ids"] = ids
-            batch["gen_attention_mask"] = mask
-            batch["references"] = [r["reference"] for r in rows]
-        return batch
-
-
-class ResumableLoader(DataLoader):
-    """A DataLoader whose position in the epoch goes into checkpoints (exact mid-epoch resume).
-
-    Lightning saves ``state_dict()`` of a stateful training loader with each checkpoint and
-    hands it back on resume; the batch order is a pure function of (seed, epoch), so skipping
-    the batches already trained reproduces the uninterrupted run.
-    """
-
-    def __init__(self, *args: Any, progress: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._progress = progress
-
-    def state_dict(self) -> dict[str, int]:
-        """How many batches of the current epoch were trained."""
-        return {"batches_done": self._progress()}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the batches already trained when the epoch's iteration restarts."""
-        self.batch_sampler.skip_next(int(state.get("batches_done", 0)))
-
-
-class _SkippingBatches(torch.utils.data.Sampler):
-    """Wraps a batch sampler so that one iteration can start part-way through the epoch."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self._skip = 0
-
-    def skip_next(self, n: int) -> None:
-        """Leave out the first ``n`` batches of the next iteration (none if ``n`` >= epoch)."""
-        self._skip = n if n < len(self.inner) else 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Forward to the wrapped sampler."""
-        if hasattr(self.inner, "set_epoch"):
-            self.inner.set_epoch(epoch)
-
-    def __iter__(self):
-        skip, self._skip = self._skip, 0
-        for i, batch in enumerate(self.inner):
-            if i >= skip:
-                yield batch
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-
-class _ShuffledBatches(torch.utils.data.Sampler):
-    """Plain shuffled batches (seed + epoch), sharded across ranks; used without grouping."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, world: int, rank: int) -> None:
-        self.n, self.batch_size, self.seed, self.world, self.rank = n, batch_size, seed, world, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle differently each epoch."""
-        self.epoch = epoch
-
-    def _batches(self) -> list[list[int]]:
-        order = list(range(self.n))
-        random.Random(self.seed + self.epoch).shuffle(order)
-        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        per_rank = -(-len(batches) // self.world)
-        batches += batches[: per_rank * self.world - len(batches)]
-        return batches[self.rank :: self.world]
-
-    def __iter__(self):
-        return iter(self._batches())
-
-    def __len__(self) -> int:
-        batches = math.ceil(self.n / self.batch_size)
-        return math.ceil(batches / self.world)
 
 
 def _label_info(labels: list[Any]) -> LabelInfo:

