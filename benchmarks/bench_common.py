@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ftlight.allocator import preload_command
+from ftlight.speed.allocator import preload_command
 
 IGNORE_INDEX = -100
 RESULT_PREFIX = "BENCH_JSON: "

@@ -156,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Profile ftlight's training step and print where the time goes."""
-    from ftlight.allocator import use_fast_allocator
+    from ftlight.speed.allocator import use_fast_allocator
 
     use_fast_allocator()  # the malloc ftlight-train runs on (restarts this process once)
     opts = parse_args(argv)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from ftlight.assemble import build_run
-    from ftlight.perf import peak_flops
+    from ftlight.speed.mfu import peak_flops
 
     device = pick_device(opts.device)
     peak = peak_flops(device, None if opts.precision == "bf16" else torch.float32)

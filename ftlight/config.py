@@ -14,6 +14,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
+from ftlight.speed.hardware import cpu_has_fast_bf16
 from ftlight.strategies.registry import conf_packages
 
 CONF_DIR = str(files("ftlight.conf"))
@@ -70,13 +71,3 @@ def best_precision(accelerator: str = "cpu") -> str:
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
-
-
-@functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ftlight.errors import ModelError
 from ftlight.utils import atomic_dir
 
 
@@ -30,3 +31,15 @@ class ModelSaver:
                 (tmp / "README.md").write_text(self.card)
 
         atomic_dir(Path(target), write)
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """A run folder's ``model/`` export, or the folder itself when it holds a model."""
+    path = Path(path).expanduser()
+    for candidate in (path / "model", path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelError(
+        f"{path} holds no exported model (no config.json in {path} or {path / 'model'}). "
+        "Pass a run folder written by ftlight-train (with eval.export=true) or a model folder."
+    )

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from ftlight.attention import attention_kernel, check_kernel, choose_kernel
+from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
 
@@ -29,7 +29,7 @@ class FineTuneModule(L.LightningModule):
     ``activation_checkpointing`` recomputes each transformer block's activations in the
     backward pass (less memory, more compute); ``compile`` compiles each block with
     ``torch.compile`` (dynamic shapes; the first steps pay for compilation).
-    ``attention_kernel`` picks the attention kernel of training steps (``ftlight.attention``:
+    ``attention_kernel`` picks the attention kernel of training steps (``ftlight.speed.attention``:
     ``auto`` takes the faster one for short bf16 rows on a CPU).
     """
 
@@ -82,7 +82,7 @@ class FineTuneModule(L.LightningModule):
             self._applied = True
             mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
             if self.frozen_dtype is not None and mesh is None:
-                from ftlight.lowp import cast_frozen_linears
+                from ftlight.speed.lowp import cast_frozen_linears
 
                 self.frozen_cast = cast_frozen_linears(self.model, self.frozen_dtype)
             if self.activation_checkpointing:

@@ -14,12 +14,12 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from ftlight.allocator import describe as describe_allocator
 from ftlight.compare import in_sweep
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError
 from ftlight.evaluation.fewshot import few_shot_scores
 from ftlight.evaluation.general import GeneralText
+from ftlight.speed.allocator import describe as describe_allocator
 from ftlight.utils import timed
 
 register()
@@ -119,7 +119,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     # `python -m ftlight.train` restarts after the imports above; `ftlight-train` restarts first
-    from ftlight.allocator import use_fast_allocator
+    from ftlight.speed.allocator import use_fast_allocator
 
     use_fast_allocator()
     main()

@@ -136,8 +136,8 @@ BOOLEANS = (
 
 
 def _choices() -> dict[str, tuple[Any, ...]]:
-    from ftlight.attention import KERNELS
     from ftlight.optim import KINDS
+    from ftlight.speed.attention import KERNELS
 
     return {
         "eval.split": ("validation", "test"),

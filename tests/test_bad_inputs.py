@@ -465,7 +465,7 @@ def test_command_line_exits_2_with_the_message_on_stderr(
 def test_eval_of_a_path_with_a_comma(tmp_path, tiny_chat_llama, monkeypatch) -> None:
     """Hydra reads commas in an override as a sweep; ftlight-eval quotes the model path."""
     import ftlight.assemble
-    from ftlight.eval import evaluate_model
+    from ftlight.cli.eval import evaluate_model
 
     folder = tmp_path / "models, v2 [final]"
     shutil.copytree(tiny_chat_llama, folder)

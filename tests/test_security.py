@@ -119,7 +119,7 @@ class EvilTokenizer(PreTrainedTokenizer):
 def _generate(run: Path, home: Path, *flags: str) -> subprocess.CompletedProcess:
     """``ftlight-generate`` answering "y" to any question on stdin."""
     env = {**os.environ, "HF_HOME": str(home), "HF_MODULES_CACHE": str(home / "modules")}
-    cmd = [sys.executable, "-m", "ftlight.generate", str(run), "hello", *flags]
+    cmd = [sys.executable, "-m", "ftlight.cli.generate", str(run), "hello", *flags]
     return subprocess.run(cmd, input="y\ny\n", env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,16 +1,14 @@
-"""``ftlight-strategies``: list the installed strategy plugins, or write a new plugin folder."""
+"""The installed strategy plugins (with why one fails to load), and new plugin folders."""
 
 from __future__ import annotations
 
-import argparse
 import keyword
 import logging
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftlight.errors import ConfigError, FtlightError
+from ftlight.errors import ConfigError
 from ftlight.strategies.registry import STRATEGY_GROUP, entry_points_of, get_strategy_class
 
 log = logging.getLogger("ftlight")
@@ -181,30 +179,3 @@ ftlight-train strategy={name}
 pytest tests            # ftlight's conformance suite on tiny models
 ```
 """
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
-    parser = argparse.ArgumentParser(
-        prog="ftlight-strategies", description="List installed strategy plugins, or start one."
-    )
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("list", help="installed strategies (the default)")
-    new = sub.add_parser("new", help="write a new plugin folder in the built-in shape")
-    new.add_argument("name", help="the strategy name (strategy=<name> selects it)")
-    new.add_argument("--dir", default=".", help="where to create the folder (default: here)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        if args.command == "new":
-            root = scaffold(args.name, Path(args.dir))
-            print(f"wrote {root}; next: pip install -e {root} && pytest {root / 'tests'}")
-        else:
-            print(format_listing(installed_strategies()))
-    except FtlightError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()

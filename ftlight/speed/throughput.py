@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ftlight.perf import flops_per_token, peak_flops
+from ftlight.speed.mfu import flops_per_token, peak_flops
 
 REMEASURE_AFTER_S = 30.0
 """Timed training at least this long measures the matmul peak again at its end."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ftlight.cli.strategies import main as strategies_main
 from ftlight.errors import ConfigError
 from ftlight.strategies import catalog, registry
 
@@ -17,7 +18,7 @@ BUILT_IN = {"full", "head", "lora", "qlora"}
 
 
 def test_listing_names_package_version_and_summary(capsys) -> None:
-    catalog.main([])
+    strategies_main([])
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert BUILT_IN <= set(rows)  # and whatever else is installed
@@ -91,7 +92,7 @@ def test_scaffolded_plugin_wheel_installs_in_a_clean_venv_and_passes_the_suite(t
         check=True, capture_output=True,
     )  # fmt: skip
     listed = subprocess.run(
-        [python, "-m", "ftlight.strategies.catalog"], capture_output=True, text=True, cwd=tmp_path
+        [python, "-m", "ftlight.cli.strategies"], capture_output=True, text=True, cwd=tmp_path
     )
     assert "mine" in listed.stdout and "ftlight-mine 0.1.0" in listed.stdout, listed.stderr
     suite = subprocess.run(

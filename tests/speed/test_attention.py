@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 import torch
 
-import ftlight.attention
-from ftlight.attention import MATH_MAX_LENGTH, attention_kernel, choose_kernel
+import ftlight.speed.attention
 from ftlight.errors import ConfigError
+from ftlight.speed.attention import MATH_MAX_LENGTH, attention_kernel, choose_kernel
 
 BF16 = torch.bfloat16
 
@@ -107,7 +107,7 @@ def test_auto_takes_math_for_short_bf16_rows_and_trains_like_torch(
 ) -> None:
     # the fixture's batches are 75-80 tokens long: a limit between them gives both kinds
     limit = 78
-    monkeypatch.setattr(ftlight.attention, "MATH_MAX_LENGTH", limit)
+    monkeypatch.setattr(ftlight.speed.attention, "MATH_MAX_LENGTH", limit)
     auto, auto_run = _fit(helpers, tmp_path / "auto", "attention_kernel=auto")
     lengths = {length for length, _ in auto.calls}
     assert min(lengths) <= limit < max(lengths), lengths

@@ -22,7 +22,7 @@ log = logging.getLogger("ftlight")
 def evaluate_model(model: str, overrides: list[str], split: str = "validation") -> dict[str, float]:
     """Metrics of ``model`` (a run folder, model folder or Hub id) on the configured data."""
     from ftlight.assemble import build_run
-    from ftlight.generate import find_model_dir
+    from ftlight.export import find_model_dir
 
     register()
     model_ref = model
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from ftlight.allocator import use_fast_allocator
+    from ftlight.speed.allocator import use_fast_allocator
 
     use_fast_allocator()
     main()

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-import ftlight.perf as perf
+import ftlight.speed.mfu as perf
 
 
 def test_flops_per_token_counts_weight_gradients_only_for_trainable_parameters() -> None:
@@ -61,7 +61,7 @@ def test_peak_flops_picks_a_dtype_and_caches_per_dtype(monkeypatch, dtype) -> No
     monkeypatch.setattr(perf, "_measured_peak", lambda t, i, d: seen.append(d) or 1e12)
     monkeypatch.setattr(perf, "_BEST", {})
     perf.peak_flops(torch.device("cpu"), dtype)
-    from ftlight.config import cpu_has_fast_bf16
+    from ftlight.speed.hardware import cpu_has_fast_bf16
 
     expected = dtype or (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
     assert seen == [expected]

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ftlight.lowp import cast_frozen_linears
+from ftlight.speed.lowp import cast_frozen_linears
 
 
 def _tiny_lora() -> torch.nn.Module:

@@ -13,21 +13,10 @@ from typing import Any
 import torch
 
 from ftlight.errors import FtlightError, ModelError
+from ftlight.export import find_model_dir
 
 # class-name endings of transformers models that generate text
 _GENERATORS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
-
-
-def find_model_dir(path: str | Path) -> Path:
-    """A run folder's ``model/`` export, or the folder itself when it holds a model."""
-    path = Path(path).expanduser()
-    for candidate in (path / "model", path):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise ModelError(
-        f"{path} holds no exported model (no config.json in {path} or {path / 'model'}). "
-        "Pass a run folder written by ftlight-train (with eval.export=true) or a model folder."
-    )
 
 
 class Generator:
@@ -180,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from ftlight.allocator import use_fast_allocator
+    from ftlight.speed.allocator import use_fast_allocator
 
     use_fast_allocator()
     main()

@@ -54,7 +54,7 @@ def peak_flops(
     device (which would lower the peak and raise MFU) does not stand alone.
     """
     if dtype is None:
-        from ftlight.config import cpu_has_fast_bf16
+        from ftlight.speed.hardware import cpu_has_fast_bf16
 
         fast = device.type == "cuda" or cpu_has_fast_bf16()
         dtype = torch.bfloat16 if fast else torch.float32

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ftlight import allocator
+from ftlight.speed import allocator
 
 PROBE = (
     "import os, sys\n"
     "from pathlib import Path\n"
-    "from ftlight.allocator import use_fast_allocator\n"
+    "from ftlight.speed.allocator import use_fast_allocator\n"
     "probe_dir = os.environ.get('PROBE_DIR')\n"
     "use_fast_allocator([Path(probe_dir)] if probe_dir else None)\n"
     "maps = open('/proc/self/maps').read()\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftlight.allocator import use_fast_allocator
+from ftlight.speed.allocator import use_fast_allocator
 
 
 def train() -> None:
@@ -16,7 +16,7 @@ def train() -> None:
 def evaluate() -> None:
     """``ftlight-eval``."""
     use_fast_allocator()
-    from ftlight.eval import main
+    from ftlight.cli.eval import main
 
     main()
 
@@ -24,6 +24,6 @@ def evaluate() -> None:
 def generate() -> None:
     """``ftlight-generate``."""
     use_fast_allocator()
-    from ftlight.generate import main
+    from ftlight.cli.generate import main
 
     main()

@@ -9,13 +9,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import ftlight.train  # noqa: F401  (registers the search path and resolvers)
+from ftlight.cli.eval import evaluate_model
+from ftlight.cli.generate import Generator, main
 from ftlight.config import CONF_DIR
 from ftlight.errors import ModelError
-from ftlight.eval import evaluate_model
-from ftlight.generate import Generator, main
 from ftlight.train import train
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DATA = [
     "data=local",
     f"data.train_path={FIXTURES / 'alpaca_train.jsonl'}",

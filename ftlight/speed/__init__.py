@@ -1,0 +1,2 @@
+"""Speed: the host allocator, the attention kernel, low-precision frozen weights, MFU and the
+throughput callback. Nothing here changes what a run computes, only how fast."""
