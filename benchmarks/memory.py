@@ -87,7 +87,7 @@ def build_model(opts: argparse.Namespace) -> dict[str, Any]:
     """Write the random-weight model once (bf16 safetensors), atomically."""
     from transformers import LlamaForCausalLM
 
-    from ftlight.utils import atomic_dir
+    from ftlight.files import atomic_dir
 
     torch.manual_seed(0)
     start = time.perf_counter()

@@ -14,11 +14,11 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ftlight.errors import ConfigError, FtlightError
+from ftlight.logs import timed
 from ftlight.module import FineTuneModule
 from ftlight.redact import redact, redacted_yaml, secrets_in
 from ftlight.speed.attention import check_kernel
 from ftlight.strategies.registry import check_strategy
-from ftlight.utils import timed
 from ftlight.validate import check_config, check_run
 
 log = logging.getLogger("ftlight")

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ftlight.errors import ConfigError, StorageError
-from ftlight.utils import fsync_dir, temp_name
+from ftlight.files import fsync_dir, temp_name
 
 #: errno values that mean "the disk (or the user's quota) is full"
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ftlight.errors import ModelError
-from ftlight.utils import atomic_dir
+from ftlight.files import atomic_dir
 
 
 class ModelSaver:

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ftlight.utils import atomic_write_text
+from ftlight.files import atomic_write_text
 
 log = logging.getLogger("ftlight")
 

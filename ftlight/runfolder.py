@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ftlight.errors import ConfigError
+from ftlight.files import remove_stale_temps
 from ftlight.redact import redact_yaml_files, secrets_in
-from ftlight.utils import is_launching_process, remove_stale_temps
 
 log = logging.getLogger("ftlight")
 
@@ -29,6 +29,19 @@ LOCK_FILE = ".ftlight.lock"
 
 #: ``ckpt_path`` values Lightning resolves inside the run's own checkpoint folder
 _IN_PLACE_CKPT = {"last", "best", "hpc"}
+
+#: environment variables launchers set to a process's (or its node's) rank: Lightning's
+#: launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def is_launching_process() -> bool:
+    """Whether this process is rank 0 of its job, the one that owns the run folder.
+
+    Read from the environment because it is needed before Lightning sets up distributed
+    training: the ranks it (or torchrun, or SLURM) starts carry their rank in these variables.
+    """
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,8 @@ from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError
 from ftlight.evaluation.fewshot import few_shot_scores
 from ftlight.evaluation.general import GeneralText
+from ftlight.logs import timed
 from ftlight.speed.allocator import describe as describe_allocator
-from ftlight.utils import timed
 
 register()
 log = logging.getLogger("ftlight")

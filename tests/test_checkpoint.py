@@ -11,7 +11,7 @@ import torch
 
 from ftlight.checkpoint import AtomicCheckpointIO
 from ftlight.errors import ConfigError
-from ftlight.utils import atomic_dir
+from ftlight.files import atomic_dir
 
 STRATEGIES = ("full", "head", "lora", "qlora")
 MATRIX = [(s, t) for s in STRATEGIES for t in ("causal_lm", "classification")]

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from ftlight.checkpoint import AtomicCheckpointIO
 from ftlight.errors import ConfigError, StorageError
-from ftlight.runfolder import LOCK_FILE, claim_run_folder
-from ftlight.utils import RANK_VARIABLES, atomic_dir, atomic_write_bytes
+from ftlight.files import atomic_dir, atomic_write_bytes
+from ftlight.runfolder import LOCK_FILE, RANK_VARIABLES, claim_run_folder
 
 # a short fit that writes checkpoints, no evaluation or export
 RUN = [

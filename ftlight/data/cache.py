@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ftlight.utils import atomic_write_bytes, atomic_write_text
+from ftlight.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("ftlight")
 

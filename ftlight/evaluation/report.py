@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ftlight.utils import atomic_write_text
+from ftlight.files import atomic_write_text
 
 log = logging.getLogger("ftlight")
 

@@ -26,8 +26,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from ftlight.errors import ConfigError, ModelError
+from ftlight.files import atomic_dir
+from ftlight.logs import timed
 from ftlight.paths import cache_root
-from ftlight.utils import atomic_dir, timed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ftlight.errors import ConfigError, ModelError
-from ftlight.utils import timed
+from ftlight.logs import timed
 from ftlight.validate import looks_like_path
 
 log = logging.getLogger("ftlight.models")

@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from ftlight.utils import atomic_dir
+from ftlight.files import atomic_dir
 
 TINY_ARCHS = ("llama", "bert")
 

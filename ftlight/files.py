@@ -1,4 +1,4 @@
-"""Small helpers shared by the rooms: timing, atomic writes, rank checks."""
+"""Files that are written whole or not at all: temp name, fsync, rename, fsync the folder."""
 
 from __future__ import annotations
 
@@ -7,32 +7,10 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("ftlight")
-
-#: environment variables launchers set to a process's (or its node's) rank: Lightning's
-#: launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
-
-
-@contextlib.contextmanager
-def timed(what: str, logger: logging.Logger) -> Iterator[None]:
-    """Log one line with the duration of a phase."""
-    start = time.perf_counter()
-    yield
-    logger.info("%s: %.1f s", what, time.perf_counter() - start)
-
-
-def is_launching_process() -> bool:
-    """Whether this process is rank 0 of its job, the one that owns the run folder.
-
-    Read from the environment because it is needed before Lightning sets up distributed
-    training: the ranks it (or torchrun, or SLURM) starts carry their rank in these variables.
-    """
-    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
 
 
 def fsync_dir(folder: Path) -> None:
