@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ftlight.data.collate import EvalCollator, PackCollator, PadCollator, pack_rows
 from ftlight.data.formats import examples_digest, get_format
+from ftlight.data.labels import label_info
 from ftlight.data.samplers import (
     LengthGroupedBatchSampler,
     ResumableLoader,
@@ -20,7 +21,7 @@ from ftlight.data.samplers import (
     SkippingBatches,
 )
 from ftlight.errors import ConfigError, DataError
-from ftlight.tasks.base import LabelInfo, Task, label_key
+from ftlight.tasks.base import LabelInfo, Task
 
 log = logging.getLogger("ftlight.data")
 
@@ -139,21 +140,8 @@ class FineTuneData(L.LightningDataModule):
                 if split in examples:
                     examples[split] = examples[split][: self.max_eval_samples]
         if self.task.uses_labels:
-            if self.label_names:
-                self.labels = LabelInfo(names=list(self.label_names))
-            else:
-                self.labels = _label_info([ex.label for _, ex in examples["train"]])
-            ids = {name: i for i, name in enumerate(self.labels.names)}
-            for rows in examples.values():
-                for where, ex in rows:
-                    if label_key(ex.label) not in ids:
-                        raise DataError(
-                            f"{where}: label {ex.label!r} is not one of the model's labels "
-                            f"({', '.join(self.labels.names)}), which come from the training "
-                            "data (or data.label_names). Fix the label or add training rows "
-                            "with it."
-                        )
-            self._label_ids = ids
+            self.labels = label_info(examples, self.label_names)
+            self._label_ids = {name: i for i, name in enumerate(self.labels.names)}
         self.fingerprint = examples_digest(examples["train"])
         self._tokenize(examples)
 
@@ -305,7 +293,6 @@ class FineTuneData(L.LightningDataModule):
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def _eval_loader(self, split: str) -> DataLoader:
-
         rows = self.encoded[split]
         world, _ = self._world()
         sampler = DistributedSampler(rows, shuffle=False) if world > 1 else None
@@ -327,18 +314,3 @@ class FineTuneData(L.LightningDataModule):
         if "test" not in self.encoded:
             raise ConfigError("this data has no test split: set data.test_path")
         return self._eval_loader("test")
-
-
-def _label_info(labels: list[Any]) -> LabelInfo:
-    names = sorted({label_key(x) for x in labels})
-    if all(_is_int(n) for n in names):
-        names.sort(key=int)
-    return LabelInfo(names=names)
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
