@@ -21,16 +21,12 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from ftlight.errors import ConfigError, ModelError
 from ftlight.files import atomic_dir
 from ftlight.logs import timed
 from ftlight.models.gguf import convert_gguf
 from ftlight.paths import cache_root
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("ftlight.models")
 
