@@ -158,7 +158,7 @@ def run_ftlight(opts: argparse.Namespace, device: torch.device) -> Outcome:
     """``build_run(cfg)`` then ``trainer.fit``, timed by a callback."""
     import lightning as L
 
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     class LightningStepTimer(L.Callback):
         """Times each training batch; counts its real tokens."""

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_systems import compose, seed
     from torch.profiler import ProfilerActivity, profile
 
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
     from ftlight.speed.mfu import peak_flops
 
     device = pick_device(opts.device)

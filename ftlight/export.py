@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from ftlight.errors import ModelError
+from ftlight.evaluation.report import model_card
 from ftlight.files import atomic_dir
+from ftlight.logs import timed
+from ftlight.redact import redacted_yaml
+
+log = logging.getLogger("ftlight")
 
 
 class ModelSaver:
@@ -43,3 +50,48 @@ def find_model_dir(path: str | Path) -> Path:
         f"{path} holds no exported model (no config.json in {path} or {path / 'model'}). "
         "Pass a run folder written by ftlight-train (with eval.export=true) or a model folder."
     )
+
+
+def trained_model(run: Any) -> nn.Module | None:
+    """The trained model as one plain, full-precision module (on rank 0; None elsewhere).
+
+    FSDP2-sharded weights are gathered (a collective: every rank calls this); when frozen
+    weights were kept in bf16 for speed, the base is reloaded in full precision and the trained
+    tensors are put back on it.
+    """
+    module, strategy = run.module, run.strategy
+    model = module.model
+    if not module.sharded and not module.frozen_cast:
+        return model if run.trainer.is_global_zero else None
+    if module.sharded:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(model, options=options)  # rank 0 gets the full tensors
+    else:
+        state = strategy.trainable_state_dict(model)
+    if not run.trainer.is_global_zero:
+        return None
+    fresh = strategy.apply(run.source.load(run.task.auto_class(), **run.load_kwargs), run.task)
+    if module.sharded:
+        fresh.load_state_dict(state)
+    else:
+        strategy.load_trainable_state_dict(fresh, state)
+    return fresh
+
+
+def export_run(run: Any, model: nn.Module, summary: dict[str, Any]) -> dict[str, Path]:
+    """Write what the strategy exports (``adapter/``, ``model/``) with the tokenizer, ftlight's
+    metadata and a model card, each folder atomically; the paths written."""
+    meta = {
+        "base_model": run.source.display_name,
+        "strategy": run.strategy.name,
+        "task": run.task.name,
+        "data": run.data.describe(),
+        "params": summary["params"],
+        "labels": run.data.labels.names if run.data.labels else None,
+        "instruction": run.data.instruction,
+    }
+    card = model_card(
+        {**meta, "config_yaml": redacted_yaml(run.cfg)}, summary["before"], summary["after"]
+    )
+    with timed("export", log):
+        return run.strategy.export(model, ModelSaver(run.tokenizer, meta, card), run.run_dir)

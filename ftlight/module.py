@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from typing import Any
 
@@ -24,8 +25,7 @@ class FineTuneModule(L.LightningModule):
     """Forward, steps, metrics and checkpoint contents; the strategy decides what trains.
 
     ``optimizer`` is a partial taking the parameters; ``scheduler`` a partial taking the
-    optimizer and the total number of optimizer steps. ``weight_decay`` overrides the
-    optimizer's own rate for weight matrices (``None`` keeps it).
+    optimizer and the total number of optimizer steps.
     ``activation_checkpointing`` recomputes each transformer block's activations in the
     backward pass (less memory, more compute); ``compile`` compiles each block with
     ``torch.compile`` (dynamic shapes; the first steps pay for compilation).
@@ -40,7 +40,6 @@ class FineTuneModule(L.LightningModule):
         task: Task,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        weight_decay: float | None = None,
         frozen_dtype: torch.dtype | None = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
@@ -65,11 +64,10 @@ class FineTuneModule(L.LightningModule):
         self.task = task
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.weight_decay = weight_decay
         self.generate_in_eval = False
         self.strict_loading = False  # checkpoints hold only the strategy's trainable state
         self._applied = False
-        self._sharded = False
+        self.sharded = False
         self.val_metrics = nn.ModuleDict()
         self.last_eval: dict[str, float] = {}
         self._resume_rng: torch.Tensor | None = None  # set by on_load_checkpoint
@@ -99,8 +97,8 @@ class FineTuneModule(L.LightningModule):
                 100.0 * info["trainable"] / max(info["total"], 1),
             )
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
-        if mesh is not None and "data_parallel" in mesh.mesh_dim_names and not self._sharded:
-            self._sharded = True  # validate() then fit() both call configure_model
+        if mesh is not None and "data_parallel" in mesh.mesh_dim_names and not self.sharded:
+            self.sharded = True  # validate() then fit() both call configure_model
             from torch.distributed.fsdp import fully_shard
 
             dp = mesh["data_parallel"]
@@ -112,6 +110,22 @@ class FineTuneModule(L.LightningModule):
         """Train mode for every layer: ``from_pretrained`` returns models in eval mode, and
         Lightning keeps each module's mode, so dropout would otherwise stay off in training."""
         self.model.train()
+
+    @contextlib.contextmanager
+    def scoring(self, generate: bool = True) -> Iterator[dict[str, float]]:
+        """One evaluation pass: fresh metrics (generation-based ones when ``generate``); the
+        yielded dict holds the pass's scores once the block ends, and the model is back in
+        train mode (validate() leaves it in eval mode; fit() expects train mode)."""
+        scores: dict[str, float] = {}
+        self.generate_in_eval = generate
+        self.reset_metrics()
+        try:
+            yield scores
+            scores.update(self.last_eval)
+        finally:
+            self.generate_in_eval = False
+            self.train()
+            self.val_metrics.clear()
 
     def reset_metrics(self) -> None:
         """Fresh metrics for the next evaluation pass (the task may have learnt its fields)."""
@@ -201,12 +215,10 @@ class FineTuneModule(L.LightningModule):
             decay, no_decay = [], []
             for name, p in group["params"]:
                 (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-            # Matrices decay at the optimizer's own rate (optimizer.weight_decay) unless the
-            # module was given one; biases and norms never decay.
+            # matrices decay at the optimizer's rate (optimizer.weight_decay); biases and
+            # norms never decay
             if decay:
                 groups.append({"params": decay, "lr_scale": scale})
-                if self.weight_decay is not None:
-                    groups[-1]["weight_decay"] = self.weight_decay
             if no_decay:
                 groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale})
         if not groups:

@@ -1,26 +1,27 @@
-"""``ftlight-train``: compose the config, fine-tune, evaluate before and after, export."""
+"""One fine-tuning run, top to bottom: build the parts, evaluate before, fit, evaluate after,
+export, report. ``train(cfg)`` is a plain function (tests and notebooks call it); the
+``ftlight-train`` command (``ftlight.cli.train``) composes the config and calls it."""
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from ftlight.compare import in_sweep
-from ftlight.config import CONF_DIR, register
-from ftlight.errors import FtlightError
+from ftlight.build import Run, build_run
+from ftlight.config import register
 from ftlight.evaluation.fewshot import few_shot_scores
 from ftlight.evaluation.general import GeneralText
+from ftlight.evaluation.summary import log_scores, run_summary, write_report
+from ftlight.export import export_run, trained_model
 from ftlight.logs import timed
-from ftlight.speed.allocator import describe as describe_allocator
+from ftlight.runfolder import claim_run_folder
 
 register()
 log = logging.getLogger("ftlight")
@@ -39,29 +40,41 @@ class RunResult:
     exports: dict[str, Path] = field(default_factory=dict)
 
 
-def train(cfg: DictConfig) -> RunResult:
-    """Run one fine-tuning job from a composed config (plain function; tests call it)."""
-    from ftlight.runfolder import claim_run_folder
-
-    with claim_run_folder(cfg):
-        return _train(cfg)
-
-
-def _train(cfg: DictConfig) -> RunResult:
-    """The run itself, in a run folder this process holds."""
-    from ftlight.assemble import build_run
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    general = GeneralText.from_setting(cfg.eval.get("general"))  # read before any model loads
-    run = build_run(cfg)
-    trainer, module, data = run.trainer, run.module, run.data
+def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
+    """Run one fine-tuning job from a composed config; ``callbacks`` join the configured ones."""
     ev = cfg.eval
-    few_shot = few_shot_scores(run, ev.get("few_shot"), ev.split)  # the prompted base model
-    before: dict[str, float] = {}
-    if ev.before:
-        with timed("evaluate before training", log):
-            before = run.evaluate(ev.split) | general.scores(run)
-    module.generate_in_eval = bool(ev.generate_during_fit)
+    with claim_run_folder(cfg):
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        general = GeneralText.from_setting(ev.get("general"))  # read before any model loads
+        run = build_run(cfg, callbacks)
+        few_shot = few_shot_scores(run, ev.get("few_shot"), ev.split)  # the prompted base
+        before = _scores(run, general, "before") if ev.before else {}
+        seconds = _fit(run)
+        after = _scores(run, general, "after") if ev.after else {}
+        summary = run_summary(run, before, after, seconds, few_shot)
+        model = trained_model(run) if ev.export else None  # a collective under FSDP2
+        log_scores(run, summary)
+        exports: dict[str, Path] = {}
+        if run.trainer.is_global_zero:
+            if model is not None:
+                exports = export_run(run, model, summary)
+                summary["exports"] = {k: str(v) for k, v in exports.items()}
+            write_report(run, summary, plots=bool(ev.plots))
+    return RunResult(
+        run.run_dir, run.module, run.trainer, run.data, run.tokenizer, summary, exports
+    )
+
+
+def _scores(run: Run, general: GeneralText, when: str) -> dict[str, float]:
+    """The task's metrics on the evaluation split, plus general-text perplexity if asked."""
+    with timed(f"evaluate {when} training", log):
+        return run.evaluate(run.cfg.eval.split) | general.scores(run)
+
+
+def _fit(run: Run) -> float:
+    """Train (resuming from ``ckpt_path`` if given); the wall time in seconds."""
+    trainer, ev = run.trainer, run.cfg.eval
+    run.module.generate_in_eval = bool(ev.generate_during_fit)
     limit_val = trainer.limit_val_batches
     if _after_eval_repeats_fit_validation(trainer, ev):
         trainer.limit_val_batches = 0  # the evaluation after training logs the same val/loss
@@ -69,17 +82,12 @@ def _train(cfg: DictConfig) -> RunResult:
     try:
         with timed("train", log):
             # weights_only: a checkpoint holds tensors and plain values; loading runs no code
-            trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path, weights_only=True)
+            trainer.fit(
+                run.module, datamodule=run.data, ckpt_path=run.cfg.ckpt_path, weights_only=True
+            )
     finally:
         trainer.limit_val_batches = limit_val
-    run.train_seconds = time.perf_counter() - started
-    after: dict[str, float] = {}
-    if ev.after:
-        with timed("evaluate after training", log):
-            after = run.evaluate(ev.split) | general.scores(run)
-    return run.finish(
-        before, after, export=bool(ev.export), plots=bool(ev.plots), few_shot=few_shot
-    )
+    return time.perf_counter() - started
 
 
 def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bool:
@@ -95,31 +103,8 @@ def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bo
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _main(cfg: DictConfig) -> float | None:
-    logging.getLogger("ftlight").setLevel(logging.INFO)
-    log.info("%s", describe_allocator())
-    try:
-        result = train(cfg)
-    except FtlightError as err:
-        log.error("%s", err)  # into the run's ftlight.log
-        print(f"ftlight-train: {err}", file=sys.stderr)  # stdout may be piped elsewhere
-        if in_sweep():
-            raise  # the sweep runs its other trials; the comparison lists this one as failed
-        raise SystemExit(2) from None
-    after = result.metrics.get("after", {})
-    return after.get("loss")
-
-
-def main() -> None:
-    """Console entry point."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _main()
-
-
 if __name__ == "__main__":
-    # `python -m ftlight.train` restarts after the imports above; `ftlight-train` restarts first
-    from ftlight.speed.allocator import use_fast_allocator
+    # `python -m ftlight.train`: the command, after the host allocator restart
+    from ftlight.cli.train import run_command
 
-    use_fast_allocator()
-    main()
+    run_command()

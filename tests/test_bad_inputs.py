@@ -464,7 +464,7 @@ def test_command_line_exits_2_with_the_message_on_stderr(
 
 def test_eval_of_a_path_with_a_comma(tmp_path, tiny_chat_llama, monkeypatch) -> None:
     """Hydra reads commas in an override as a sweep; ftlight-eval quotes the model path."""
-    import ftlight.assemble
+    import ftlight.cli.eval
     from ftlight.cli.eval import evaluate_model
 
     folder = tmp_path / "models, v2 [final]"
@@ -475,7 +475,7 @@ def test_eval_of_a_path_with_a_comma(tmp_path, tiny_chat_llama, monkeypatch) -> 
         seen["path"] = cfg.model.name_or_path
         raise ConfigError("stop before loading")
 
-    monkeypatch.setattr(ftlight.assemble, "build_run", build_run)
+    monkeypatch.setattr(ftlight.cli.eval, "build_run", build_run)
     with pytest.raises(ConfigError, match="stop before loading"):
         evaluate_model(str(folder), ["model=hf", "data=demo", "task=causal_lm"])
     assert seen["path"] == str(folder.resolve())

@@ -232,7 +232,7 @@ def test_cli_cfg_job_prints_the_composed_config(cli) -> None:
 
 def test_cli_unknown_strategy_lists_the_options(monkeypatch, tmp_path, capsys) -> None:
     """Run in this process (Hydra's own error path; no import to wait for)."""
-    from ftlight.train import main
+    from ftlight.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["ftlight-train", "strategy=nope"])

@@ -35,7 +35,7 @@ def test_command_line_reports_errors_without_traceback(
 ) -> None:
     """``ftlight-train`` logs the message, prints it on stderr and exits with status 2 (run in
     this process)."""
-    from ftlight.train import main
+    from ftlight.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     argv = [

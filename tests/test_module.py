@@ -97,7 +97,7 @@ def test_bf16_mixed_on_cpu(helpers, tmp_path) -> None:
     def record(module, args, output):
         dtypes.append(output.dtype)
 
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     run = build_run(cfg)
     run.module.model.lm_head.register_forward_hook(record)

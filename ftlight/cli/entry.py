@@ -8,7 +8,7 @@ from ftlight.speed.allocator import use_fast_allocator
 def train() -> None:
     """``ftlight-train``."""
     use_fast_allocator()
-    from ftlight.train import main
+    from ftlight.cli.train import main
 
     main()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from ftlight.build import build_run
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError, ModelError
 from ftlight.validate import looks_like_path
@@ -21,7 +22,6 @@ log = logging.getLogger("ftlight")
 
 def evaluate_model(model: str, overrides: list[str], split: str = "validation") -> dict[str, float]:
     """Metrics of ``model`` (a run folder, model folder or Hub id) on the configured data."""
-    from ftlight.assemble import build_run
     from ftlight.export import find_model_dir
 
     register()

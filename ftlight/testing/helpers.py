@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import pytest
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
-import ftlight.assemble
-from ftlight.assemble import build_run
+from ftlight.build import build_run
 from ftlight.config import CONF_DIR, register
 from ftlight.train import train
 
@@ -182,17 +180,7 @@ def fit(
 def train_with_probe(cfg: DictConfig) -> tuple[Any, Probe]:
     """``ftlight.train.train(cfg)`` with a ``Probe`` attached to its trainer."""
     probe = Probe()
-    build = ftlight.assemble.build_run
-
-    def build_with_probe(cfg: DictConfig) -> Any:
-        run = build(cfg)
-        run.trainer.callbacks.append(probe)
-        return run
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ftlight.assemble, "build_run", build_with_probe)
-        result = train(cfg)
-    return result, probe
+    return train(cfg, callbacks=[probe]), probe
 
 
 @dataclass

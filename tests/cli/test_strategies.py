@@ -50,7 +50,7 @@ def test_broken_plugin_is_an_error_only_when_selected(broken_plugin) -> None:
 
 
 def test_target_that_is_not_a_strategy_is_refused(compose, tmp_path) -> None:
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     cfg = compose(["strategy=full", "strategy._target_=collections.OrderedDict"], tmp_path)
     with pytest.raises(ConfigError, match="builds a OrderedDict, not an ftlight.strategies"):

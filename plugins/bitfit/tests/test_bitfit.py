@@ -33,7 +33,7 @@ def test_parameter_counts(tmp_path, setup: str) -> None:
 
 
 def test_model_without_biases_is_refused(tmp_path) -> None:
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     run = build_run(testing.compose_config(["strategy=bitfit"], tmp_path, "tiny-llama"))
     with pytest.raises(ConfigError, match="strategy=bitfit .*LlamaForCausalLM has none"):

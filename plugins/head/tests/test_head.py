@@ -90,7 +90,7 @@ def test_num_layers_trains_exactly_the_last_block(tmp_path, task: str) -> None:
 
 
 def test_num_layers_beyond_the_model_is_refused(tmp_path) -> None:
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     cfg = core.compose_config(["strategy=head", "strategy.num_layers=3"], tmp_path, "tiny-llama")
     run = build_run(cfg)

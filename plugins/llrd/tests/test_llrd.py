@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("ftlight_cache")
 
 
 def _optimizer(tmp_path, setup: str, *overrides: str):
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     cfg = testing.compose_config(
         ["strategy=llrd", "optimizer.lr=1e-3", "~scheduler", *overrides], tmp_path, setup

@@ -83,7 +83,7 @@ def test_alpha_defaults_to_twice_the_rank(fitted, task: str) -> None:
     ],
 )
 def test_rank_and_targets_set_the_count(tmp_path, overrides, trainable) -> None:
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     run = build_run(core.compose_config(["strategy=lora", *overrides], tmp_path, "tiny-llama"))
     run.module.configure_model()
@@ -92,7 +92,7 @@ def test_rank_and_targets_set_the_count(tmp_path, overrides, trainable) -> None:
 
 
 def test_unknown_target_module_is_a_config_error(tmp_path) -> None:
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     cfg = core.compose_config(
         ["strategy=lora", "strategy.target_modules=[nope]"], tmp_path, "tiny-llama"

@@ -97,7 +97,7 @@ class _FirstLayerGrad(L.Callback):
 def _first_layer_grad(tmp_path: Path, task: str, evaluate_first: bool) -> float:
     """Three steps (LoRA B is zero at the start, so A's gradient is too); no dropout, so that
     nothing but the evaluation differs between the two runs."""
-    from ftlight.assemble import build_run
+    from ftlight.build import build_run
 
     cfg = _cfg(tmp_path, task, "trainer.max_steps=3", "strategy.dropout=0")
     L.seed_everything(cfg.seed, verbose=False)

@@ -1,0 +1,151 @@
+"""Build every object of a run from its config group, in the order the data flow needs.
+
+``build_parts`` makes and checks what a run needs before any weights load (strategy, task,
+model source, tokenizer, prepared data); ``load_model``, ``build_module`` and ``build_trainer``
+make the rest. ``ftlight-train``, ``ftlight-eval`` and the benchmarks build through these.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import transformers
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ftlight.checkpoint import AtomicCheckpointIO
+from ftlight.errors import ConfigError, FtlightError
+from ftlight.evaluation.scoring import score_split
+from ftlight.logs import timed
+from ftlight.module import FineTuneModule
+from ftlight.redact import redact
+from ftlight.strategies.registry import check_strategy
+from ftlight.validate import check_config, check_run
+
+log = logging.getLogger("ftlight")
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets ftlight's own errors through unwrapped.
+
+    Hydra wraps whatever a constructor raises in ``InstantiationException``; the user's
+    mistake (a bad path, an unknown name) should reach them as the ``FtlightError`` it is.
+    """
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, FtlightError):
+            raise err.__cause__ from None
+        raise
+
+
+@dataclass
+class Parts:
+    """What a run is made of before its weights load; nothing reads the config later."""
+
+    cfg: DictConfig
+    run_dir: Path
+    strategy: Any
+    task: Any
+    source: Any
+    tokenizer: Any
+    data: Any
+    #: ``from_pretrained`` arguments of the base model (the task's and the strategy's)
+    load_kwargs: dict[str, Any]
+    #: the model's shape and the training data's hash, stored in checkpoints
+    fingerprint: dict[str, Any]
+
+
+@dataclass
+class Run(Parts):
+    """The parts plus the module that trains and the trainer that drives it."""
+
+    module: FineTuneModule = None  # type: ignore[assignment]
+    trainer: L.Trainer = None  # type: ignore[assignment]
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """The task's metrics of the current model on ``split`` (generation included)."""
+        return score_split(self.trainer, self.module, self.data, split)
+
+
+def build_parts(cfg: DictConfig) -> Parts:
+    """Check the config, then strategy, task, source, tokenizer and prepared data."""
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    check_config(cfg)  # every option, path and checkpoint, before anything is built or loaded
+    strategy = check_strategy(instantiate(cfg.strategy), str(cfg.strategy.get("_target_")))
+    task = instantiate(cfg.task)
+    strategy.validate(OmegaConf.to_container(cfg.trainer, resolve=True), task)
+    source = instantiate(cfg.model)
+    data = instantiate(cfg.data)
+    with timed("load tokenizer", log):
+        tokenizer = source.load_tokenizer()
+    data.bind(tokenizer, task)
+    with timed("prepare data", log):
+        data.prepare()
+    task.configure(tokenizer, data.references(cfg.eval.split))
+    kwargs = {**task.model_kwargs(data.labels, tokenizer), **strategy.load_kwargs(task)}
+    fingerprint = check_run(cfg, source, data)  # the model's limits; a resume's model and data
+    return Parts(
+        cfg, Path(cfg.run_dir), strategy, task, source, tokenizer, data, kwargs, fingerprint
+    )
+
+
+def load_model(parts: Parts) -> nn.Module:
+    """The base model for the task, with the strategy's loading arguments."""
+    model = parts.source.load(parts.task.auto_class(), **parts.load_kwargs)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = parts.tokenizer.pad_token_id
+    return model
+
+
+def build_module(cfg: DictConfig, parts: Parts, model: nn.Module) -> FineTuneModule:
+    """The LightningModule: the model under the strategy, with the optimizer and schedule."""
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default=""))
+    return FineTuneModule(
+        model=model,
+        strategy=parts.strategy,
+        task=parts.task,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        frozen_dtype=torch.bfloat16 if precision.startswith("bf16-mixed") else None,
+        activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),
+        compile=bool(cfg.get("compile", False)),
+        attention_kernel=str(cfg.get("attention_kernel", "auto")),
+        fingerprint=parts.fingerprint,
+    )
+
+
+def build_trainer(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    """The Trainer with the configured callbacks (plus ``callbacks``) and loggers; the loggers
+    get the config with secrets masked."""
+    configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=[*configured, *callbacks],
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+    )
+    if not isinstance(trainer, L.Trainer):
+        raise ConfigError("trainer config must build a lightning.pytorch.Trainer")
+    hparams = redact(cfg)  # loggers (CSV hparams.yaml, the W&B config) get secrets masked
+    for lg in trainer.loggers:
+        lg.log_hyperparams(hparams)
+    return trainer
+
+
+def build_run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> Run:
+    """Every object of a run, built once from its config group."""
+    parts = build_parts(cfg)
+    module = build_module(cfg, parts, load_model(parts))
+    return Run(**vars(parts), module=module, trainer=build_trainer(cfg, callbacks))

@@ -1,0 +1,47 @@
+"""``ftlight-train``: compose the Hydra config and run ``ftlight.train.train`` on it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ftlight.compare import in_sweep
+from ftlight.config import CONF_DIR, register
+from ftlight.errors import FtlightError
+from ftlight.speed.allocator import describe as describe_allocator
+from ftlight.speed.allocator import use_fast_allocator
+from ftlight.train import train
+
+register()
+log = logging.getLogger("ftlight")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _main(cfg: DictConfig) -> float | None:
+    logging.getLogger("ftlight").setLevel(logging.INFO)
+    log.info("%s", describe_allocator())
+    try:
+        result = train(cfg)
+    except FtlightError as err:
+        log.error("%s", err)  # into the run's ftlight.log
+        print(f"ftlight-train: {err}", file=sys.stderr)  # stdout may be piped elsewhere
+        if in_sweep():
+            raise  # the sweep runs its other trials; the comparison lists this one as failed
+        raise SystemExit(2) from None
+    return result.metrics.get("after", {}).get("loss")
+
+
+def main() -> None:
+    """Console entry point (Hydra parses ``sys.argv``)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _main()
+
+
+def run_command() -> None:
+    """``python -m ftlight.train``: restart under a fast malloc if one is installed, then run."""
+    use_fast_allocator()
+    main()
