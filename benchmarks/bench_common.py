@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ftlight.speed.allocator import preload_command
+from ftlight.speed.throughput import real_tokens as count_real_tokens
 
 IGNORE_INDEX = -100
 RESULT_PREFIX = "BENCH_JSON: "
@@ -60,32 +61,8 @@ def settle_run_options(p: argparse.ArgumentParser, opts: argparse.Namespace, min
 
 
 def real_tokens(batch: Mapping[str, Any], pad_token_id: int | None) -> int:
-    """Non-padding tokens of a training batch.
-
-    With an ``attention_mask``: its sum. Packed batches carry none; ftlight's ``PackCollator``
-    pads each row with a tail whose ``position_ids`` restart at 0, made only of pad ids with
-    ignored labels, so that tail (if any) is left out. The pad id alone cannot tell: it is
-    often the EOS id, which real rows contain.
-    """
-    mask = batch.get("attention_mask")
-    if mask is not None:
-        return int(mask.sum())
-    ids = batch["input_ids"]
-    positions = batch.get("position_ids")
-    if positions is None or ids.dim() != 2:
-        return int((ids != pad_token_id).sum()) if pad_token_id is not None else ids.numel()
-    labels = batch.get("labels")
-    total = 0
-    for row in range(ids.shape[0]):
-        starts = (positions[row] == 0).nonzero().flatten()
-        last = int(starts[-1]) if starts.numel() else 0
-        tail_is_pad = (
-            last > 0
-            and bool((ids[row, last:] == pad_token_id).all())
-            and (labels is None or bool((labels[row, last:] == IGNORE_INDEX).all()))
-        )
-        total += last if tail_is_pad else ids.shape[1]
-    return total
+    """Non-padding tokens of a training batch, counted as ftlight counts them."""
+    return int(count_real_tokens(batch, pad_token_id))
 
 
 class StepTimer:

@@ -16,7 +16,8 @@ import torch
 from bench_common import StepTimer, real_tokens
 from omegaconf import DictConfig
 
-from ftlight.module import _MODEL_INPUTS as MODEL_INPUTS  # what FineTuneModule feeds the model
+from ftlight.build import Parts, build_parts, load_model
+from ftlight.module import MODEL_INPUTS
 
 
 @dataclass
@@ -86,48 +87,6 @@ def config_fingerprint(cfg: DictConfig) -> str:
     plain = OmegaConf.to_container(cfg, resolve=False)
     plain.pop("run_dir", None)
     return hashlib.sha256(repr(plain).encode()).hexdigest()[:12]
-
-
-@dataclass
-class Parts:
-    """The objects ``build_run`` makes before the model, built the same way."""
-
-    cfg: DictConfig
-    strategy: Any
-    task: Any
-    source: Any
-    tokenizer: Any
-    data: Any
-
-
-def prepare_parts(cfg: DictConfig) -> Parts:
-    """Strategy, task, model source, tokenizer and prepared data, as ``build_run`` does."""
-    import transformers
-    from hydra.utils import instantiate
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    strategy = instantiate(cfg.strategy)
-    task = instantiate(cfg.task)
-    source = instantiate(cfg.model)
-    data = instantiate(cfg.data)
-    tokenizer = source.load_tokenizer()
-    data.bind(tokenizer, task)
-    data.prepare()
-    task.configure(tokenizer, data.references(cfg.eval.split))
-    return Parts(cfg, strategy, task, source, tokenizer, data)
-
-
-def load_model(parts: Parts) -> torch.nn.Module:
-    """The base model through the same source and kwargs as ``build_run``."""
-    kwargs = {
-        **parts.task.model_kwargs(parts.data.labels),
-        **parts.strategy.load_kwargs(parts.task),
-    }
-    model = parts.source.load(parts.task.auto_class(), **kwargs)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = parts.tokenizer.pad_token_id
-    return model
 
 
 def check_enough_batches(n_batches: int, needed: int) -> None:
@@ -210,7 +169,7 @@ def run_loop(opts: argparse.Namespace, device: torch.device) -> Outcome:
 
     cfg = compose(opts, device, tempfile.gettempdir())
     seed(cfg)
-    parts = prepare_parts(cfg)
+    parts = build_parts(cfg)
     model = parts.strategy.apply(load_model(parts), parts.task).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -326,7 +285,7 @@ def run_hf_trainer(opts: argparse.Namespace, device: torch.device) -> Outcome:
 
     cfg = compose(opts, device, tempfile.gettempdir())
     seed(cfg)
-    parts = prepare_parts(cfg)
+    parts = build_parts(cfg)
     model = parts.strategy.apply(load_model(parts), parts.task)
     # the Trainer calls model(**batch): packed batches are only masked per sequence without a
     # KV cache (ftlight.data.collate), and a training forward has no use for one anyway
@@ -392,7 +351,7 @@ def run_trl(opts: argparse.Namespace, device: torch.device) -> Outcome:
 
     cfg = compose(opts, device, tempfile.gettempdir())
     seed(cfg)
-    parts = prepare_parts(cfg)
+    parts = build_parts(cfg)
     model = load_model(parts)
     lora_config = parts.strategy.lora_config(model, parts.task)
     rows = trl_rows(parts)

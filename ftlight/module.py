@@ -18,7 +18,8 @@ from ftlight.tasks.base import Task
 
 log = logging.getLogger("ftlight")
 
-_MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "token_type_ids", "position_ids")
+#: the batch keys the model takes (the rest is for metrics and generation)
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "token_type_ids", "position_ids")
 
 
 class FineTuneModule(L.LightningModule):
@@ -134,14 +135,14 @@ class FineTuneModule(L.LightningModule):
     # -- steps ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Any:
         """Run the wrapped model on the model inputs of a batch."""
-        return self.model(**{k: batch[k] for k in _MODEL_INPUTS if k in batch}, use_cache=False)
+        return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """One micro-batch: the task's loss, logged without a host sync."""
         self._step_kernel = self._choose_kernel(batch)
         with attention_kernel(self._step_kernel):
             loss = self.task.training_loss(
-                self.model, {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+                self.model, {k: batch[k] for k in MODEL_INPUTS if k in batch}
             )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss

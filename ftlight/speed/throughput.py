@@ -5,11 +5,13 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 
+from ftlight.data.encode import IGNORE_INDEX
 from ftlight.speed.mfu import flops_per_token, peak_flops
 
 REMEASURE_AFTER_S = 30.0
@@ -116,12 +118,38 @@ class ThroughputMonitor(L.Callback):
             torch.cuda.synchronize(pl_module.device)
 
 
-def real_tokens(batch: dict[str, Any]) -> torch.Tensor:
-    """Non-padding tokens in a batch (a device tensor; no host sync)."""
+def real_tokens(batch: Mapping[str, Any], pad_token_id: int | None = None) -> torch.Tensor:
+    """Non-padding tokens of a training batch, as a device tensor (no host sync).
+
+    ftlight's packed batches carry their count (``num_tokens``); padded ones an
+    ``attention_mask``. Packed rows from elsewhere carry neither: there each row's last
+    sequence (``position_ids`` restart at 0) is left out when it is all pad ids with ignored
+    labels, the tail ``PackCollator`` adds. The pad id alone cannot tell: it is often the EOS
+    id, which real rows contain.
+    """
     if "num_tokens" in batch:
         return batch["num_tokens"]
     mask = batch.get("attention_mask")
-    return mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
+    if mask is not None:
+        return mask.sum()
+    ids = batch["input_ids"]
+    positions = batch.get("position_ids")
+    if pad_token_id is None:
+        return torch.tensor(ids.numel())
+    if positions is None or ids.dim() != 2:
+        return (ids != pad_token_id).sum()
+    labels = batch.get("labels")
+    total = 0
+    for row in range(ids.shape[0]):
+        starts = (positions[row] == 0).nonzero().flatten()
+        last = int(starts[-1]) if starts.numel() else 0
+        tail_is_pad = (
+            last > 0
+            and bool((ids[row, last:] == pad_token_id).all())
+            and (labels is None or bool((labels[row, last:] == IGNORE_INDEX).all()))
+        )
+        total += last if tail_is_pad else ids.shape[1]
+    return torch.tensor(total)
 
 
 def peak_memory_mb(device: torch.device) -> float:
