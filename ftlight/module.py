@@ -11,8 +11,11 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 
+from ftlight.errors import ConfigError
 from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel
+from ftlight.speed.lowp import cast_frozen_linears
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
 
@@ -81,8 +84,6 @@ class FineTuneModule(L.LightningModule):
             self._applied = True
             mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
             if self.frozen_dtype is not None and mesh is None:
-                from ftlight.speed.lowp import cast_frozen_linears
-
                 self.frozen_cast = cast_frozen_linears(self.model, self.frozen_dtype)
             if self.activation_checkpointing:
                 _enable_activation_checkpointing(self.model)
@@ -100,8 +101,6 @@ class FineTuneModule(L.LightningModule):
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
         if mesh is not None and "data_parallel" in mesh.mesh_dim_names and not self.sharded:
             self.sharded = True  # validate() then fit() both call configure_model
-            from torch.distributed.fsdp import fully_shard
-
             dp = mesh["data_parallel"]
             for block in self.strategy.shard_units(self.model):
                 fully_shard(block, mesh=dp)
@@ -223,8 +222,6 @@ class FineTuneModule(L.LightningModule):
             if no_decay:
                 groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": scale})
         if not groups:
-            from ftlight.errors import ConfigError
-
             raise ConfigError(f"strategy={self.strategy.name} left no trainable parameters")
         optimizer = self.optimizer_factory(groups)
         for group in optimizer.param_groups:  # before the scheduler reads the base rates
@@ -254,8 +251,6 @@ class FineTuneModule(L.LightningModule):
         """Check the checkpoint matches this run, load its trainable state, restore the RNG."""
         meta = checkpoint.get("ftlight", {})
         if meta and meta.get("strategy") != self.strategy.name:
-            from ftlight.errors import ConfigError
-
             raise ConfigError(
                 f"checkpoint was written with strategy={meta.get('strategy')} but this run uses "
                 f"strategy={self.strategy.name}; resume with the same strategy"
@@ -282,8 +277,6 @@ class FineTuneModule(L.LightningModule):
 
 def _enable_activation_checkpointing(model: nn.Module) -> None:
     """Non-reentrant activation checkpointing of every block of a ``transformers`` model."""
-    from ftlight.errors import ConfigError
-
     get_base = getattr(model, "get_base_model", None)  # PEFT wrappers
     hf = get_base() if callable(get_base) else model
     enable = getattr(hf, "activation_checkpointing_enable", None)

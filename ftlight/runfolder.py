@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+
 from ftlight.errors import ConfigError
 from ftlight.files import remove_stale_temps
 from ftlight.redact import redact_yaml_files, secrets_in
@@ -64,8 +66,6 @@ def claim_run_folder(cfg: Any) -> Iterator[Path]:
 
 def hydra_output_subdir() -> Path | None:
     """The folder where Hydra saved this job's config (``.hydra/``), if Hydra started it."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf, open_dict
 from ftlight.build import build_run
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError, ModelError
+from ftlight.export import find_model_dir
 from ftlight.validate import looks_like_path
 
 log = logging.getLogger("ftlight")
@@ -22,8 +23,6 @@ log = logging.getLogger("ftlight")
 
 def evaluate_model(model: str, overrides: list[str], split: str = "validation") -> dict[str, float]:
     """Metrics of ``model`` (a run folder, model folder or Hub id) on the configured data."""
-    from ftlight.export import find_model_dir
-
     register()
     model_ref = model
     meta: dict = {}

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
+from ftlight.data.encode import encode_prompt
 from ftlight.errors import FtlightError, ModelError
 from ftlight.export import find_model_dir
 
@@ -29,9 +32,6 @@ class Generator:
     def __init__(
         self, model_dir: str | Path, device: str | None = None, trust_remote_code: bool = False
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
         self.model_dir = find_model_dir(model_dir)
         meta_path = self.model_dir / "ftlight.json"
@@ -71,8 +71,6 @@ class Generator:
         raw: bool = False,
     ) -> str:
         """The model's reply to ``messages`` (ending with a user turn)."""
-        from ftlight.data.encode import encode_prompt
-
         ids = encode_prompt(messages, self.tokenizer, raw=raw)
         input_ids = torch.tensor([ids], device=self.device)
         eos = {self.tokenizer.eos_token_id}

@@ -11,8 +11,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ftlight.data import cache
 from ftlight.data.collate import EvalCollator, PackCollator, PadCollator, pack_rows
-from ftlight.data.formats import examples_digest, get_format
+from ftlight.data.formats import FORMATS, examples_digest, get_format
 from ftlight.data.labels import label_info
 from ftlight.data.samplers import (
     LengthGroupedBatchSampler,
@@ -21,6 +22,7 @@ from ftlight.data.samplers import (
     SkippingBatches,
 )
 from ftlight.errors import ConfigError, DataError
+from ftlight.paths import cache_root
 from ftlight.tasks.base import LabelInfo, Task
 
 log = logging.getLogger("ftlight.data")
@@ -108,8 +110,6 @@ class FineTuneData(L.LightningDataModule):
             self.format_name = self.source.format_for(self.task) or self.task.default_format
         fmt = get_format(self.format_name, **self.fields)
         if fmt.example_type is not self.task.example_type:
-            from ftlight.data.formats import FORMATS
-
             fits = [n for n, f in FORMATS.items() if f.example_type is self.task.example_type]
             raise ConfigError(
                 f"data.format={self.format_name} gives {fmt.example_type.__name__} rows but "
@@ -147,12 +147,8 @@ class FineTuneData(L.LightningDataModule):
 
     def _tokenize(self, examples: dict[str, list[tuple[str, Any]]]) -> None:
         """Encode every split, or take the result of an identical earlier run from the cache."""
-        from ftlight.data import cache
-
         folder = key = None
         if self.cache_tokenized:
-            from ftlight.paths import cache_root
-
             folder = cache_root() / "tokenized"
             settings = {
                 "max_length": self.max_length,

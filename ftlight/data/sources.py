@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from ftlight.data import demo
 from ftlight.data.datamodule import FineTuneData
+from ftlight.data.readers import read_records
 from ftlight.errors import ConfigError, DataError
 from ftlight.tasks.base import Task
 
@@ -59,8 +61,6 @@ class LocalFiles:
 
     def records(self, task: Task) -> Records:
         """Read each given file."""
-        from ftlight.data.readers import read_records
-
         return {
             split: (Path(path).name, read_records(Path(path).expanduser()))
             for split, path in self.paths.items()
@@ -137,8 +137,6 @@ class DemoTickets:
 
     def records(self, task: Task) -> Records:
         """Tickets as text/label rows for a labelled task, instruction/answer rows otherwise."""
-        from ftlight.data import demo
-
         splits = demo.demo_splits(
             train_size=self.sizes["train"],
             val_size=self.sizes["validation"],

@@ -12,6 +12,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ftlight.errors import ConfigError, ModelError
 from ftlight.logs import timed
+from ftlight.models.pypi import MODELS, fetch_pypi_model
+from ftlight.models.tiny import TINY_ARCHS, build_tiny_model
+from ftlight.paths import cache_root
 from ftlight.validate import looks_like_path
 
 log = logging.getLogger("ftlight.models")
@@ -121,8 +124,6 @@ class PyPIModel(HFModel):
     """A real pretrained model shipped in a PyPI wheel, converted once and cached."""
 
     def __init__(self, name: str, dtype: str | None = "float32", **kwargs: Any) -> None:
-        from ftlight.models.pypi import MODELS
-
         if name not in MODELS:
             raise ConfigError(f"unknown PyPI model {name!r}; available: {', '.join(MODELS)}")
         self.name = name
@@ -132,16 +133,12 @@ class PyPIModel(HFModel):
     @property
     def display_name(self) -> str:
         """The catalogue name and the wheel it comes from."""
-        from ftlight.models.pypi import MODELS
-
         spec = MODELS[self.name]
         return f"{self.name} ({spec['package']}=={spec['version']})"
 
     def resolve(self) -> str:
         """Fetch and convert on first use; later calls return the cached folder."""
         if self._path is None:
-            from ftlight.models.pypi import MODELS, fetch_pypi_model
-
             spec = MODELS[self.name]
             self._path = str(
                 fetch_pypi_model(spec["package"], spec["version"], spec["member"], spec["kind"])
@@ -167,8 +164,6 @@ class TinyModel(HFModel):
         cache_dir: str | None = None,
         bias: bool = False,
     ) -> None:
-        from ftlight.models.tiny import TINY_ARCHS
-
         if arch not in TINY_ARCHS:
             raise ConfigError(f"unknown tiny arch {arch!r}; available: {', '.join(TINY_ARCHS)}")
         self.spec = {
@@ -191,9 +186,6 @@ class TinyModel(HFModel):
     def resolve(self) -> str:
         """Build (once per spec) and save the tiny model; return its folder."""
         if self._path is None:
-            from ftlight.models.tiny import build_tiny_model
-            from ftlight.paths import cache_root
-
             root = Path(self.cache_dir) if self.cache_dir else cache_root() / "tiny"
             self._path = str(build_tiny_model(root, **self.spec))
         return self._path

@@ -16,6 +16,9 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ftlight.errors import ConfigError
 
 KERNELS = ("auto", "torch", "math", "flash")
 """``attention_kernel`` settings: ``torch`` is PyTorch's own choice for every step."""
@@ -30,8 +33,6 @@ MATH_MAX_SCORES = 2**24
 def check_kernel(setting: str) -> str:
     """``setting`` if it names a kernel choice, else a ``ConfigError`` listing them."""
     if setting not in KERNELS:
-        from ftlight.errors import ConfigError
-
         raise ConfigError(
             f"attention_kernel={setting!r} is not a choice; use one of {', '.join(KERNELS)} "
             "(auto: the faster kernel for each step on this device)"
@@ -64,8 +65,6 @@ def attention_kernel(kernel: str | None) -> Iterator[None]:
     if kernel is None:
         yield
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     backend = SDPBackend.MATH if kernel == "math" else SDPBackend.FLASH_ATTENTION
     with sdpa_kernel([backend]):
         yield

@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from ftlight.speed.hardware import cpu_has_fast_bf16
+
 
 def flops_per_token(total_params: int, trainable_params: int) -> float:
     """Training FLOPs per token: forward 2N, input gradients 2N, weight gradients 2N_trainable.
@@ -54,8 +56,6 @@ def peak_flops(
     device (which would lower the peak and raise MFU) does not stand alone.
     """
     if dtype is None:
-        from ftlight.speed.hardware import cpu_has_fast_bf16
-
         fast = device.type == "cuda" or cpu_has_fast_bf16()
         dtype = torch.bfloat16 if fast else torch.float32
     key = (device.type, device.index, dtype)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from ftlight.errors import ConfigError
 from ftlight.models.introspect import find_blocks
 
 if TYPE_CHECKING:
@@ -58,8 +59,6 @@ class Strategy:
         missing = sorted(expected - set(state))
         unexpected = sorted(set(state) - {n for n, _ in model.named_parameters()})
         if missing or unexpected:
-            from ftlight.errors import ConfigError
-
             raise ConfigError(
                 f"checkpoint does not match strategy={self.name}: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}. Resume with the same strategy and model config "

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from ftlight.data.encode import IGNORE_INDEX, encode_sft, prompt_and_reference
 from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
+from ftlight.evaluation.structured import StructuredOutputMetric
 from ftlight.tasks.base import Task
 
 AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly longer answer)
@@ -157,8 +158,6 @@ class CausalLMTask(Task):
         if self.generate:
             metrics["exact_match"] = MeanMetric()
             if self.json_fields:
-                from ftlight.evaluation.structured import StructuredOutputMetric
-
                 metrics["json"] = StructuredOutputMetric(fields=self.json_fields)
         return metrics
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from peft import PeftModel
 
 from ftlight.strategies.base import Strategy
 from ftlight.testing.helpers import (
@@ -166,8 +167,6 @@ class StrategyConformance:
         torch.testing.assert_close(logits, trained.probe.logits, atol=self.atol, rtol=1e-4)
         adapter = trained.run_dir / "adapter"
         if (adapter / "adapter_config.json").is_file():
-            from peft import PeftModel
-
             source = instantiate(trained.cfg.model)
             kwargs = {
                 **module.strategy.load_kwargs(module.task),

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger("ftlight")
@@ -28,8 +29,6 @@ def target_class(target: Any) -> type | None:
     """The class a ``_target_`` names, or None when it cannot be imported (reported later)."""
     if not isinstance(target, str) or not target:
         return None
-    from hydra.utils import get_class
-
     try:
         return get_class(target)
     except Exception:  # an unimportable target is reported when it is built
@@ -39,8 +38,6 @@ def target_class(target: Any) -> type | None:
 def registered_name(target: str | None) -> str | None:
     if not target:
         return None
-    from hydra.utils import get_class
-
     try:
         return getattr(get_class(target), "name", None) or None
     except Exception:  # an unimportable target is reported when it is built

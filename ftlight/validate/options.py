@@ -11,7 +11,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ftlight.data.formats import get_format
 from ftlight.errors import ConfigError, ModelError
+from ftlight.optim import KINDS
+from ftlight.paths import cache_root
+from ftlight.speed.attention import KERNELS
 from ftlight.validate.common import ABSENT, select, show, target_class
 from ftlight.validate.run import CKPT_CHECKS
 
@@ -121,9 +125,6 @@ BOOLEANS = (
 
 
 def _choices() -> dict[str, tuple[Any, ...]]:
-    from ftlight.optim import KINDS
-    from ftlight.speed.attention import KERNELS
-
     return {
         "eval.split": ("validation", "test"),
         "ckpt_check": CKPT_CHECKS,
@@ -205,8 +206,6 @@ def check_data(cfg: DictConfig) -> None:
     data = cfg.get("data")
     if data is None:
         return
-    from ftlight.data.formats import get_format
-
     fmt = select(cfg, "data.format")
     fields = select(cfg, "data.fields")
     if fmt == "auto":  # the task's default (a source with its own format uses the same)
@@ -260,8 +259,6 @@ def check_cache(cfg: DictConfig) -> None:
     uses_cache = target.endswith((".TinyModel", ".PyPIModel"))
     if not uses_cache and select(cfg, "data.cache_tokenized") is not True:
         return
-    from ftlight.paths import cache_root
-
     root = cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True)

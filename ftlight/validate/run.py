@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from ftlight.errors import ConfigError
@@ -22,8 +23,6 @@ def read_checkpoint_meta(path: str) -> dict[str, Any]:
 
     Tensors are memory-mapped, not read, so this costs little even for a full fine-tune.
     """
-    import torch
-
     file = Path(path).expanduser()
     if file.is_dir():
         if not (file / "meta.pt").is_file():
