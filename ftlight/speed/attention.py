@@ -2,9 +2,8 @@
 
 PyTorch picks its fused "flash" kernel for ``scaled_dot_product_attention`` on CPUs. For
 short bf16 rows its plain "math" kernel (two batched matrix products around a softmax) is
-faster there: forward and backward of one SmolLM2 layer (batch 4, 9 heads of 64) took 6.1
-vs 10.4 ms at 100 tokens and 8.8 vs 15.8 ms at 150, while flash won from about 300 tokens
-(45 vs 54 ms at 384) and in fp32 at every length. ``auto`` therefore takes the math kernel
+faster there, while flash wins on long rows and in fp32 (the measurements are in the README's
+performance section). ``auto`` therefore takes the math kernel
 for bf16 steps on a CPU whose padded length is at most ``MATH_MAX_LENGTH`` and whose
 attention scores stay small (the math kernel keeps them for the backward pass), and leaves
 every other step to PyTorch.

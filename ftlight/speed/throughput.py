@@ -92,7 +92,7 @@ class ThroughputMonitor(L.Callback):
             seconds, tokens = 0.0, 0
         rate = tokens / seconds if seconds > 0 else 0.0
         # on a long run, a second measurement minutes after the first; the higher one counts
-        # (about 0.4 s on a CPU: not worth it for short runs, whose MFU says little anyway)
+        # (it costs a fraction of a second: not worth it for short runs, whose MFU says little)
         peak = peak_flops(pl_module.device, remeasure=seconds >= REMEASURE_AFTER_S)
         self.summary = {
             "real_tokens": total_tokens,
