@@ -248,23 +248,25 @@ def encode_prompt(
         SFTExample([*messages, {"role": "assistant", "content": "x"}], raw=raw), tokenizer, None
     )
     assert encoded is not None  # nothing is truncated without max_length
-    start = len(encoded.labels)
-    while start > 0 and encoded.labels[start - 1] == IGNORE_INDEX:
-        start -= 1
-    while start > 0 and encoded.labels[start - 1] != IGNORE_INDEX:
-        start -= 1
+    start, _ = last_reply(encoded.labels)
     return encoded.input_ids[:start]
 
 
-def prompt_and_reference(
-    input_ids: list[int], labels: list[int], tokenizer: PreTrainedTokenizerBase
-) -> dict[str, Any]:
-    """Split an encoded SFT row at its last reply: prompt ids to generate from, reference text."""
+def last_reply(labels: list[int]) -> tuple[int, int]:
+    """``(start, end)`` of the last labelled run in ``labels``: the final reply of an SFT row."""
     end = len(labels)
     while end > 0 and labels[end - 1] == IGNORE_INDEX:
         end -= 1
     start = end
     while start > 0 and labels[start - 1] != IGNORE_INDEX:
         start -= 1
+    return start, end
+
+
+def prompt_and_reference(
+    input_ids: list[int], labels: list[int], tokenizer: PreTrainedTokenizerBase
+) -> dict[str, Any]:
+    """Split an encoded SFT row at its last reply: prompt ids to generate from, reference text."""
+    start, end = last_reply(labels)
     reference = tokenizer.decode(input_ids[start:end], skip_special_tokens=True).strip()
     return {"prompt_ids": input_ids[:start], "reference": reference}
