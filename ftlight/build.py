@@ -68,8 +68,8 @@ class Parts:
 class Run(Parts):
     """The parts plus the module that trains and the trainer that drives it."""
 
-    module: FineTuneModule = None  # type: ignore[assignment]
-    trainer: L.Trainer = None  # type: ignore[assignment]
+    module: FineTuneModule
+    trainer: L.Trainer
 
     def evaluate(self, split: str) -> dict[str, float]:
         """The task's metrics of the current model on ``split`` (generation included)."""
