@@ -11,7 +11,15 @@ STRATEGIES = ("full", "head", "lora", "qlora")
 TASKS = ("causal_lm", "classification")
 ADAPTERS = {"lora", "qlora"}
 METRICS = {
-    "causal_lm": {"loss", "perplexity", "token_accuracy", "exact_match"},
+    # general/*: perplexity on the built-in general text (eval.general=builtin), for forgetting
+    "causal_lm": {
+        "loss",
+        "perplexity",
+        "token_accuracy",
+        "exact_match",
+        "general/loss",
+        "general/perplexity",
+    },
     "classification": {"loss", "accuracy", "f1_macro"},
 }
 MATRIX = [(s, t) for s in STRATEGIES for t in TASKS]
