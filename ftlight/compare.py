@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
+import gc
+import hashlib
 import io
 import json
 import logging
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ftlight.errors import FtlightError
 from ftlight.evaluation.compare import (
@@ -33,12 +36,8 @@ from ftlight.evaluation.compare import (
 
 log = logging.getLogger("ftlight")
 
-OUTPUTS = ("compare.md", "compare.csv", "compare.png")
-"""The files a comparison writes."""
-
-# Marker per strategy in the picture; strategies not listed take the remaining ones in turn.
-_MARKERS = {"full": "s", "head": "^", "lora": "o", "qlora": "D"}
-_SPARE_MARKERS = ("v", "P", "X", "*", "<", ">", "h")
+# one marker per strategy in the picture, in the order the strategies first appear
+_MARKERS = ("s", "^", "o", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
 
 # -- the table ----------------------------------------------------------------------------
@@ -67,8 +66,9 @@ def table(c: Comparison) -> tuple[list[str], list[list[str]]]:
             gb = run.score("before", "general/perplexity")
             ga = run.score("after", "general/perplexity")
             row.append(_forgetting(gb, ga))
-        row += [_num(run.train_seconds, 1), _num(run.tokens_per_s, 0)]
-        row += [_num(run.peak_memory_mb, 0), _size(run.saved_bytes, run.saved_what)]
+        tokens = run.tokens_per_s or None  # 0: too few steps past the warm-up to time
+        row += [_num(run.train_seconds, 1), _num(tokens, 0)]
+        row += [_num(c.peak_memory_mb(run), 0), _size(run.saved_bytes, run.saved_what)]
         row.append("ok" if run.ok else f"{run.status}: {run.note}")
         rows.append(row)
     return head, rows
@@ -108,8 +108,9 @@ def to_markdown(c: Comparison, picture: str | None = "compare.png") -> str:
         "- `general ppl`: perplexity on general text before -> after training "
         "(`eval.general`); a rise means the model forgot some general language.",
         "- `train s`: wall time of training; `tokens/s`: real (non-padding) training tokens "
-        "per second; `peak MB`: peak memory (CPU: resident memory of the trial); `saved`: "
-        "size of the adapter, else of the exported model.",
+        "per second; `peak MB`: peak memory (GPU: allocated; CPU: resident, for a trial of "
+        "a local sweep its rise over its start plus the process's resident memory after "
+        "imports, as if it had run alone); `saved`: the adapter's size, else the model's.",
         "",
     ]
     return "\n".join(lines)
@@ -124,7 +125,9 @@ def write_csv(c: Comparison) -> str:
     )
     columns = ["run", "status", "note", "strategy", "task", "model", *c.varying, "r"]
     columns += ["trainable", "total", "main_metric", "few_shot_k", "train_seconds"]
-    columns += ["train_steps", "tokens_per_s", "peak_memory_mb", "saved", "saved_bytes"]
+    columns += ["train_steps", "tokens_per_s", "peak_memory_mb", "trial_peak_rss_mb"]
+    columns += ["trial_rss_at_start_mb"]
+    columns += ["saved", "saved_bytes"]
     columns += [f"{p}/{m}" for p in phases for m in names]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
@@ -145,7 +148,9 @@ def write_csv(c: Comparison) -> str:
             "train_seconds": run.train_seconds,
             "train_steps": (run.metrics.get("train") or {}).get("steps"),
             "tokens_per_s": run.tokens_per_s,
-            "peak_memory_mb": run.peak_memory_mb,
+            "peak_memory_mb": c.peak_memory_mb(run),
+            "trial_peak_rss_mb": run.trial.get("peak_rss_mb"),
+            "trial_rss_at_start_mb": run.trial.get("rss_at_start_mb"),
             "saved": run.saved_what,
             "saved_bytes": run.saved_bytes,
         }
@@ -176,7 +181,7 @@ def _pct(value: float | None) -> str:
 def _forgetting(before: float | None, after: float | None) -> str:
     if before is None or after is None:
         return "-"
-    return f"{before:.2f} -> {after:.2f} ({100.0 * (after - before) / before:+.0f}%)"
+    return f"{before:.2f} -> {after:.2f} ({100.0 * (after - before) / before:+.1f}%)"
 
 
 def _size(size: int | None, what: str) -> str:
@@ -204,10 +209,9 @@ def plot(c: Comparison) -> bytes | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    spare = iter(_SPARE_MARKERS * 4)
-    for strategy in dict.fromkeys(r.strategy for r in points):
+    for i, strategy in enumerate(dict.fromkeys(r.strategy for r in points)):
         mine = [r for r in points if r.strategy == strategy]
-        marker = _MARKERS.get(strategy) or next(spare)
+        marker = _MARKERS[i % len(_MARKERS)]
         xs = [r.trainable for r in mine]
         ys = [r.score("after", c.metric) for r in mine]
         ax.scatter(xs, ys, marker=marker, s=55, label=strategy, zorder=3)
@@ -259,7 +263,7 @@ def plot(c: Comparison) -> bytes | None:
 # -- writing ------------------------------------------------------------------------------
 def write_comparison(c: Comparison, out: Path) -> list[Path]:
     """Write ``compare.md``, ``compare.csv`` and ``compare.png`` into ``out``."""
-    from ftlight.utils import atomic_write_bytes, atomic_write_text
+    from ftlight.files import atomic_write_bytes, atomic_write_text
 
     picture = plot(c)
     written = []
@@ -308,6 +312,37 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # -- the sweep callback -------------------------------------------------------------------
+NAME_LIMIT = 200
+"""Longest trial folder name, in bytes (file systems take 255; the job number comes first)."""
+
+
+def trial_name(overrides: Any, exclude: Any = ()) -> str:
+    """A sweep trial's folder name: its ``key=value`` overrides, sorted, joined by commas.
+
+    What Hydra's ``override_dirname`` gives, made safe for a folder name: secret values
+    masked (``ftlight.redact``), ``/`` replaced so that a path value opens no subfolders, and
+    a long name cut (with a hash of the whole, so that names stay distinct).
+    """
+    from ftlight.redact import MASK, is_secret_key
+
+    items = []
+    for line in overrides:
+        key, sep, value = str(line).partition("=")
+        if key.lstrip("+~") in set(exclude):
+            continue
+        items.append(f"{key}{sep}{MASK if sep and is_secret_key(key) else value}")
+    name = ",".join(sorted(items)).replace("/", "_").replace("\\", "_")
+    if len(name.encode()) > NAME_LIMIT:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = name.encode()[: NAME_LIMIT - 9].decode(errors="ignore") + "~" + digest
+    return name
+
+
+# registered here, next to the sweep callback that reads the folders it names: Hydra resolves
+# hydra.sweep.subdir when it launches each trial of ftlight-train, which imports this module
+OmegaConf.register_new_resolver("ftlight.trial_name", trial_name, replace=True)
+
+
 def in_sweep() -> bool:
     """Whether this process runs a trial of a Hydra multirun."""
     from hydra.core.hydra_config import HydraConfig
@@ -321,8 +356,9 @@ class SweepComparison(Callback):
 
     After each trial it also records ``trial.json`` in the trial's folder: whether it
     failed and why, and its peak resident memory. Trials of a local sweep run one after the
-    other in one process, whose lifetime peak is all a run can report about itself, so the
-    peak is reset when each trial starts (Linux).
+    other in one process, whose lifetime peak is all a run can report about itself, so each
+    trial starts by freeing what earlier ones left and resetting the peak (Linux); what
+    stays resident (``rss_at_start_mb``) still counts towards its peak.
     """
 
     def __init__(self) -> None:
@@ -333,6 +369,7 @@ class SweepComparison(Callback):
         """Reset the process's peak-memory counter for this trial."""
         if _is_multirun(config):
             self._started = time.perf_counter()
+            _release_free_memory()  # what earlier trials freed should not count as this one's
             self._rss_at_start = _reset_peak_rss()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -362,7 +399,7 @@ class SweepComparison(Callback):
         """``trial.json``: completed or failed (and why), wall time, peak and starting RSS."""
         from hydra.core.utils import JobStatus
 
-        from ftlight.utils import atomic_write_text
+        from ftlight.files import atomic_write_text
 
         failed = job_return.status == JobStatus.FAILED
         record: dict[str, Any] = {
@@ -385,6 +422,15 @@ def _is_multirun(config: DictConfig) -> bool:
     from hydra.types import RunMode
 
     return config.hydra.get("mode") == RunMode.MULTIRUN
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand the C library's free heap back to the system (glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator keeps what it keeps
+        pass
 
 
 def _reset_peak_rss() -> float | None:

@@ -105,11 +105,7 @@ class RunRecord:
 
     @property
     def peak_memory_mb(self) -> float | None:
-        """Peak memory: the trial's own peak RSS when a local sweep recorded it (trials of one
-        sweep share a process, whose lifetime peak the run itself reports), else the run's."""
-        accelerator = str((self.config.get("trainer") or {}).get("accelerator", ""))
-        if self.trial.get("peak_rss_mb") is not None and accelerator == "cpu":
-            return float(self.trial["peak_rss_mb"])
+        """Peak memory as the run reports it (CPU: the process's peak RSS so far)."""
         return (self.metrics.get("throughput") or {}).get("peak_memory_mb")
 
 
@@ -257,6 +253,21 @@ class Comparison:
     def finished(self) -> list[RunRecord]:
         """Runs with metrics."""
         return [r for r in self.runs if r.ok]
+
+    def peak_memory_mb(self, run: RunRecord) -> float | None:
+        """Peak memory of a run as if it had run alone.
+
+        Trials of a local sweep share one process, so a CPU run's own report is the peak of
+        every trial so far. The sweep callback records each trial's peak RSS and its RSS at
+        the start; the trial's rise over its start, plus the smallest start of the sweep (the
+        process after its imports), estimates its peak alone.
+        """
+        accelerator = str((run.config.get("trainer") or {}).get("accelerator", ""))
+        peak, start = run.trial.get("peak_rss_mb"), run.trial.get("rss_at_start_mb")
+        if accelerator != "cpu" or peak is None or start is None:
+            return run.peak_memory_mb
+        starts = [r.trial["rss_at_start_mb"] for r in self.runs if r.trial.get("rss_at_start_mb")]
+        return float(peak) - float(start) + min(starts)
 
     @property
     def strategies_differ(self) -> bool:

@@ -16,7 +16,7 @@ from ftlight.data.encode import IGNORE_INDEX
 from ftlight.data.formats import SFTExample, get_format
 from ftlight.errors import ConfigError
 from ftlight.evaluation.general import score_rows
-from ftlight.utils import timed
+from ftlight.logs import timed
 
 log = logging.getLogger("ftlight")
 
