@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ftlight.data.encode import IGNORE_INDEX
+from ftlight.data.encode import IGNORE_INDEX, last_reply
 from ftlight.data.formats import SFTExample, get_format
 from ftlight.errors import ConfigError
 from ftlight.evaluation.general import score_rows
@@ -43,12 +43,7 @@ def with_examples(example: SFTExample, shots: list[SFTExample]) -> SFTExample:
 
 def last_reply_only(labels: list[int]) -> list[int]:
     """``labels`` with every reply but the last one unlabelled (the examples carry no loss)."""
-    end = len(labels)
-    while end > 0 and labels[end - 1] == IGNORE_INDEX:
-        end -= 1
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
+    start, _ = last_reply(labels)
     return [IGNORE_INDEX] * start + labels[start:]
 
 
