@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ftlight.errors import FtlightError
@@ -33,6 +36,8 @@ from ftlight.evaluation.compare import (
     recommend,
     short_key,
 )
+from ftlight.files import atomic_write_bytes, atomic_write_text
+from ftlight.redact import MASK, is_secret_key
 
 log = logging.getLogger("ftlight")
 
@@ -215,9 +220,19 @@ def plot(c: Comparison) -> bytes | None:
         xs = [r.trainable for r in mine]
         ys = [r.score("after", c.metric) for r in mine]
         ax.scatter(xs, ys, marker=marker, s=55, label=strategy, zorder=3)
+        # labels of alternate strategies on alternate sides: LoRA and QLoRA of one rank
+        # have the same parameter count, so their points can sit on top of each other
+        side = 1 if i % 2 == 0 else -1
         for r, x, y in zip(mine, xs, ys, strict=True):
             if r.rank is not None:
-                ax.annotate(f"r={r.rank}", (x, y), textcoords="offset points", xytext=(5, 5))
+                ax.annotate(
+                    f"r={r.rank}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(6 * side, 4),
+                    ha="left" if side > 0 else "right",
+                    fontsize=8,
+                )
     k = next((r.few_shot_k for r in points if r.few_shot_k), None)
     for phase, style, name in (("before", "--", "before training"), ("few_shot", ":", f"{k}-shot")):
         # one line per distinct level: runs of one base model and data share it
@@ -263,8 +278,6 @@ def plot(c: Comparison) -> bytes | None:
 # -- writing ------------------------------------------------------------------------------
 def write_comparison(c: Comparison, out: Path) -> list[Path]:
     """Write ``compare.md``, ``compare.csv`` and ``compare.png`` into ``out``."""
-    from ftlight.files import atomic_write_bytes, atomic_write_text
-
     picture = plot(c)
     written = []
     if picture is not None:
@@ -323,8 +336,6 @@ def trial_name(overrides: Any, exclude: Any = ()) -> str:
     masked (``ftlight.redact``), ``/`` replaced so that a path value opens no subfolders, and
     a long name cut (with a hash of the whole, so that names stay distinct).
     """
-    from ftlight.redact import MASK, is_secret_key
-
     items = []
     for line in overrides:
         key, sep, value = str(line).partition("=")
@@ -345,9 +356,6 @@ OmegaConf.register_new_resolver("ftlight.trial_name", trial_name, replace=True)
 
 def in_sweep() -> bool:
     """Whether this process runs a trial of a Hydra multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -397,10 +405,6 @@ class SweepComparison(Callback):
 
     def _record(self, run_dir: Path, job_return: Any) -> None:
         """``trial.json``: completed or failed (and why), wall time, peak and starting RSS."""
-        from hydra.core.utils import JobStatus
-
-        from ftlight.files import atomic_write_text
-
         failed = job_return.status == JobStatus.FAILED
         record: dict[str, Any] = {
             "status": "failed" if failed else "completed",
@@ -419,8 +423,6 @@ class SweepComparison(Callback):
 
 
 def _is_multirun(config: DictConfig) -> bool:
-    from hydra.types import RunMode
-
     return config.hydra.get("mode") == RunMode.MULTIRUN
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,8 +310,6 @@ def _common_root(folders: list[Path], given: list[Path]) -> Path:
     resolved = [p.resolve() for p in folders]
     if len(resolved) == 1:
         return folders[0].parent
-    import os
-
     common = Path(os.path.commonpath(resolved))
     return common if common not in resolved else common.parent
 
