@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ftlight.errors import FtlightError
 from ftlight.evaluation.compare import (
@@ -348,10 +348,6 @@ def trial_name(overrides: Any, exclude: Any = ()) -> str:
         name = name.encode()[: NAME_LIMIT - 9].decode(errors="ignore") + "~" + digest
     return name
 
-
-# registered here, next to the sweep callback that reads the folders it names: Hydra resolves
-# hydra.sweep.subdir when it launches each trial of ftlight-train, which imports this module
-OmegaConf.register_new_resolver("ftlight.trial_name", trial_name, replace=True)
 
 
 def in_sweep() -> bool:

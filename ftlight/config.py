@@ -57,6 +57,10 @@ def register() -> None:
     Plugins.instance().register(StrategyConfSearchPath)
     OmegaConf.register_new_resolver("ftlight.precision", best_precision, replace=True)
     OmegaConf.register_new_resolver("ftlight.world_size", world_size, replace=True)
+    # sweep trial folder names; imported here, not at the top: compare imports the whole report
+    from ftlight.compare import trial_name
+
+    OmegaConf.register_new_resolver("ftlight.trial_name", trial_name, replace=True)
 
 
 def world_size(devices: int | str, num_nodes: int | str = 1) -> int:
