@@ -18,19 +18,13 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ftlight.compare import (
-    NAME_LIMIT,
-    SweepComparison,
-    format_console,
-    main,
-    table,
-    to_markdown,
-    trial_name,
-    write_csv,
-)
+from ftlight.cli.compare import main
+from ftlight.compare import NAME_LIMIT, SweepComparison, trial_name
 from ftlight.config import CONF_DIR
 from ftlight.errors import ConfigError
-from ftlight.evaluation.compare import compare, parse_overrides, recommend
+from ftlight.evaluation.compare import compare, recommend
+from ftlight.evaluation.compare_report import format_console, table, to_markdown, write_csv
+from ftlight.evaluation.compare_runs import parse_overrides
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RANKS = (1, 2, 4, 8, 16, 32, 64)

@@ -1,2 +1,2 @@
 """The console commands: ftlight-train's entry shim, ftlight-eval, ftlight-generate,
-ftlight-strategies. Each parses its arguments and calls the library."""
+ftlight-strategies, ftlight-compare. Each parses its arguments and calls the library."""
