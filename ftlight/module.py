@@ -16,6 +16,7 @@ from torch.distributed.fsdp import fully_shard
 from ftlight.errors import ConfigError
 from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel
 from ftlight.speed.lowp import cast_frozen_linears
+from ftlight.speed.merge import merged_lora
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
 
@@ -69,6 +70,9 @@ class FineTuneModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.generate_in_eval = False
+        #: score with LoRA adapters folded into their weights (the before/after passes)
+        self.merge_in_eval = False
+        self._merged = contextlib.ExitStack()
         self.strict_loading = False  # checkpoints hold only the strategy's trainable state
         self._applied = False
         self.sharded = False
@@ -118,12 +122,15 @@ class FineTuneModule(L.LightningModule):
         train mode (validate() leaves it in eval mode; fit() expects train mode)."""
         scores: dict[str, float] = {}
         self.generate_in_eval = generate
+        self.merge_in_eval = True
         self.reset_metrics()
         try:
             yield scores
             scores.update(self.last_eval)
         finally:
             self.generate_in_eval = False
+            self.merge_in_eval = False
+            self._merged.close()  # also when the pass failed half-way
             self.train()
             self.val_metrics.clear()
 
@@ -178,26 +185,32 @@ class FineTuneModule(L.LightningModule):
         self.strategy.prepare_for_eval(self.model)
 
     def on_validation_epoch_start(self) -> None:
-        """Start a clean metric pass."""
+        """Start a clean metric pass (with merged adapters in a scoring pass)."""
         if not len(self.val_metrics):
             self.reset_metrics()
+        if self.merge_in_eval and not self.sharded:
+            merged = self._merged.enter_context(merged_lora(self.model))
+            log.debug("evaluating with %d LoRA layers merged", merged)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log every metric as ``val/<name>``; put unmerged adapters back."""
+        self._merged.close()
+        values = self.task.compute_metrics(self._metrics())
+        for key, value in values.items():
+            # metric objects already reduced across ranks in compute()
+            self.log(f"val/{key}", value, prog_bar=key == "loss")
+        self.last_eval = values
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Loss and task metrics; generation-based scores during before/after evaluation."""
         # compiled blocks are for training: evaluation shapes (generation's one-token steps
         # with a cache) would only pay for more compilation
         with torch.compiler.set_stance("force_eager") if self.compile_blocks else nullcontext():
-            out = self(batch)
+            inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+            out = self.task.evaluation_outputs(self.model, inputs)
             gen_model = self.model if self.generate_in_eval else None
             self.task.update_metrics(self._metrics(), batch, out, model=gen_model)
 
-    def on_validation_epoch_end(self) -> None:
-        """Log every metric as ``val/<name>``."""
-        values = self.task.compute_metrics(self._metrics())
-        for key, value in values.items():
-            # metric objects already reduced across ranks in compute()
-            self.log(f"val/{key}", value, prog_bar=key == "loss")
-        self.last_eval = values
 
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start

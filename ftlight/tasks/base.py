@@ -106,6 +106,10 @@ class Task:
         """The loss to minimise on one micro-batch of model inputs (the model's own loss)."""
         return model(**inputs, use_cache=False).loss
 
+    def evaluation_outputs(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+        """What ``update_metrics`` scores for one evaluated batch (the model's own outputs)."""
+        return model(**inputs, use_cache=False)
+
     def metrics(self) -> dict[str, Metric]:
         """Fresh metric objects for one evaluation pass, keyed by the name they log under."""
         raise NotImplementedError

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -18,10 +17,20 @@ from ftlight.data.encode import IGNORE_INDEX, encode_sft, prompt_and_reference
 from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
 from ftlight.evaluation.structured import StructuredOutputMetric
+from ftlight.speed.decode import can_decode, greedy_decode, takes_argument
 from ftlight.tasks.base import Task
 
 AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly longer answer)
 AUTO_FALLBACK = 128  # max_new_tokens=auto without references to size it from
+
+
+@dataclass
+class LabelledOutputs:
+    """An evaluated batch reduced to its labelled positions (``evaluation_outputs``)."""
+
+    loss: torch.Tensor | None
+    predictions: torch.Tensor  # greedy next token at each labelled position
+    targets: torch.Tensor  # the label there
 
 
 class CausalLMTask(Task):
@@ -106,9 +115,24 @@ class CausalLMTask(Task):
         ``transformers`` models accept); the loss equals the model's own. Models that do
         not take a mask fall back to their own loss, once detected.
         """
-        labels = inputs.get("labels")
-        if labels is None or self.sliced_loss is False or not _takes_logits_to_keep(model):
+        sliced = self._labelled_logits(model, inputs)
+        if sliced is None:
             return super().training_loss(model, inputs)
+        logits, wanted = sliced
+        return nn.functional.cross_entropy(logits.float(), wanted)
+
+    def _labelled_logits(
+        self, model: nn.Module, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Logits of the positions that predict a label, and those labels; None when the
+        model cannot project a subset of positions (then it computes its own loss)."""
+        labels = inputs.get("labels")
+        if (
+            labels is None
+            or self.sliced_loss is False
+            or not takes_argument(model, "logits_to_keep")
+        ):
+            return None
         targets = labels[:, 1:]
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = targets != IGNORE_INDEX
@@ -117,9 +141,23 @@ class CausalLMTask(Task):
         wanted = targets[keep[:, :-1]]
         if logits.ndim != 2 or logits.shape[0] != wanted.shape[0]:
             self.sliced_loss = False  # the model sliced some other way: use its own loss
-            return super().training_loss(model, inputs)
+            return None
         self.sliced_loss = True
-        return nn.functional.cross_entropy(logits.float(), wanted)
+        return logits, wanted
+
+    def evaluation_outputs(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+        """Loss and greedy next-token predictions at the labelled positions only.
+
+        The full ``(rows, length, vocabulary)`` logits of an evaluation batch are the largest
+        tensor of a run (16 rows of 190 tokens over a 49k vocabulary: 600 MB in float32)
+        and most of them belong to prompt tokens, which are not scored.
+        """
+        sliced = self._labelled_logits(model, inputs)
+        if sliced is None:
+            return model(**inputs, use_cache=False)
+        logits, wanted = sliced
+        loss = nn.functional.cross_entropy(logits.float(), wanted) if len(wanted) else None
+        return LabelledOutputs(loss=loss, predictions=logits.argmax(-1), targets=wanted)
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer; size generation and pick the scoring from the references.
@@ -170,12 +208,16 @@ class CausalLMTask(Task):
     ) -> None:
         """Token-weighted loss and accuracy; greedy generation when a model is passed."""
         labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
-        n = mask.sum()
+        if isinstance(outputs, LabelledOutputs):
+            n = outputs.targets.numel()
+            correct = (outputs.predictions == outputs.targets).sum()
+        else:  # the model's own outputs: logits at every position
+            mask = labels != IGNORE_INDEX
+            n = int(mask.sum())
+            correct = ((outputs.logits[:, :-1].argmax(-1) == labels) & mask).sum()
         if n > 0:
             metrics["loss"].update(outputs.loss.detach().float(), weight=n)
-            pred = outputs.logits[:, :-1].argmax(-1)
-            metrics["token_accuracy"].update(((pred == labels) & mask).sum().float() / n, weight=n)
+            metrics["token_accuracy"].update(correct.float() / n, weight=n)
         if model is not None and "exact_match" in metrics and "gen_input_ids" in batch:
             predictions = self.generate_text(
                 model, batch["gen_input_ids"], batch["gen_attention_mask"]
@@ -201,17 +243,30 @@ class CausalLMTask(Task):
             eos.append(gen_eos)
         elif isinstance(gen_eos, list):
             eos.extend(gen_eos)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos or [0])[0]
         start = time.perf_counter()
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            eos_token_id=sorted(set(eos)) or None,
-            pad_token_id=tok.pad_token_id,
-        )
-        new = out[:, input_ids.shape[1] :]
-        self.generated_tokens += int((new != tok.pad_token_id).sum())
+        if can_decode(model):
+            new = greedy_decode(
+                model,
+                input_ids,
+                attention_mask,
+                self.max_new_tokens,
+                eos,
+                pad_id,
+            )
+        else:  # a model without a key/value cache interface: transformers' own loop
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(set(eos)) or None,
+                pad_token_id=pad_id,
+            )
+            new = out[:, input_ids.shape[1] :]
+        # every token up to and including each row's end (a pad id equal to the end id
+        # would otherwise hide the end tokens)
+        self.generated_tokens += _answer_tokens(new, eos, pad_id)
         self.generation_seconds += time.perf_counter() - start
         return tok.batch_decode(new, skip_special_tokens=True)
 
@@ -223,18 +278,14 @@ class CausalLMTask(Task):
         return out
 
 
-def _takes_logits_to_keep(model: nn.Module) -> bool:
-    """Whether the causal LM (under a PEFT wrapper or ``torch.compile``) has ``logits_to_keep``."""
-    inner = getattr(model, "_orig_mod", model)
-    get_base = getattr(inner, "get_base_model", None)
-    if callable(get_base):
-        inner = get_base()
-    return _forward_takes(type(inner), "logits_to_keep")
-
-
-@functools.cache
-def _forward_takes(cls: type, name: str) -> bool:
-    return name in inspect.signature(cls.forward).parameters
+def _answer_tokens(new: torch.Tensor, eos: list[int], pad_id: int) -> int:
+    """Generated tokens of a ``(rows, steps)`` answer block: each row up to its first end
+    token (included), or all of it when it never ended."""
+    if new.numel() == 0:
+        return 0
+    ended = torch.isin(new, new.new_tensor(eos)) if eos else new == pad_id
+    first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])
+    return int(first_end.sum())
 
 
 def _as_json_object(text: str) -> dict[str, Any] | None:

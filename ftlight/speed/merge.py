@@ -1,0 +1,68 @@
+"""LoRA adapters folded into their layers' weights while evaluating, then put back exactly.
+
+An unmerged LoRA layer runs two extra small matmuls (and a dropout) beside every adapted
+linear layer: on a CPU decode step of a small model that is a third of the time. Evaluating
+with ``W + scale * B @ A`` gives the same function (it is what the merged export holds).
+PEFT's own ``merge_adapter``/``unmerge_adapter`` restores ``W`` by subtraction, which
+rounds: after many evaluations the frozen weights would drift. Here the merged weight is a
+new tensor and the original parameter object is put back untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@contextmanager
+def merged_lora(model: nn.Module) -> Iterator[int]:
+    """Within the block, each plain linear LoRA layer of ``model`` computes with merged
+    weights and skips its adapter branch; yields how many layers were merged.
+
+    Layers that cannot be merged exactly as a weight swap (quantised or sharded base
+    weights, DoRA, embeddings, convolutions) keep running unmerged.
+    """
+    swaps: list[tuple[nn.Module, nn.Module, nn.Parameter, list[str]]] = []
+    try:
+        for layer in _mergeable(model):
+            base = layer.get_base_layer()
+            weight = base.weight
+            adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+            merged = weight.detach().float()
+            for name in adapters:
+                merged = merged + layer.get_delta_weight(name).float()
+            base.weight = nn.Parameter(merged.to(weight.dtype), requires_grad=False)
+            swaps.append((layer, base, weight, adapters))
+            layer.merged_adapters.extend(adapters)  # PEFT then runs the base layer only
+        yield len(swaps)
+    finally:
+        for layer, base, weight, adapters in reversed(swaps):
+            base.weight = weight
+            for name in adapters:
+                layer.merged_adapters.remove(name)
+
+
+def _mergeable(model: nn.Module) -> Iterator[nn.Module]:
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError:  # PEFT not installed: nothing to merge
+        return
+    for module in model.modules():
+        if type(module) is not LoraLinear or module.merged or module.disable_adapters:
+            continue
+        if any(module.use_dora.get(a, False) for a in module.active_adapters):
+            continue
+        base = module.get_base_layer()
+        weight = getattr(base, "weight", None)
+        if type(base) is not nn.Linear or type(weight) is not nn.Parameter:
+            continue  # quantised (Params4bit) or sharded (DTensor) weights
+        if weight.dtype not in _FLOATS or weight.device.type == "meta":
+            continue
+        if getattr(module, "fan_in_fan_out", False):
+            continue
+        yield module

@@ -1,0 +1,163 @@
+"""Evaluation's decoding: the same tokens as greedy ``generate``, less work; LoRA merged for
+scoring and put back exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ftlight.speed.decode import _shared_prefix, can_decode, greedy_decode
+from ftlight.speed.merge import merged_lora
+from ftlight.tasks.causal_lm import _answer_tokens
+
+PREFIX = "System: answer briefly and in JSON.\nUser: "
+QUESTIONS = ["hi", "where is my order 1234?", "refund please", "a much longer question here"]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_chat_llama):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_llama, attn_implementation="sdpa")
+    tok = AutoTokenizer.from_pretrained(tiny_chat_llama)
+    with torch.no_grad():  # larger random weights: answers that depend on the prompt
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(std=0.3)
+    return model.float().eval(), tok
+
+
+def _batch(tok, texts: list[str], side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r)
+        mask[i, cols] = 1
+    return ids, mask
+
+
+def _generate(model, ids, mask, eos: list[int], pad: int, n: int) -> torch.Tensor:
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    return out[:, ids.shape[1] :]
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_same_tokens_as_greedy_generate(lm, share_prefix: bool) -> None:
+    model, tok = lm
+    ids, mask = _batch(tok, [PREFIX + q for q in QUESTIONS])
+    eos = [tok.eos_token_id]
+    expected = _generate(model, ids, mask, eos, tok.pad_token_id, 12)
+    got = greedy_decode(model, ids, mask, 12, eos, tok.pad_token_id, share_prefix=share_prefix)
+    assert torch.equal(got, expected)
+
+
+def test_rows_that_end_early_are_dropped_and_padded_like_generate(lm) -> None:
+    model, tok = lm
+    ids, mask = _batch(tok, [PREFIX + q for q in QUESTIONS])
+    free = _generate(model, ids, mask, [tok.eos_token_id], tok.pad_token_id, 12)
+    # end at a token row 1 first produces at step k >= 1: that row stops there, the others
+    # go on (unless they produce it too), exactly as generate stops them
+    row = free[1].tolist()
+    k = next(i for i in range(1, len(row)) if row[i] not in row[:i])
+    end = row[k]
+    expected = _generate(model, ids, mask, [end], tok.pad_token_id, 12)
+    got = greedy_decode(model, ids, mask, 12, [end], tok.pad_token_id)
+    assert torch.equal(got, expected)
+    assert int(got[1, k]) == end and bool((got[1, k + 1 :] == tok.pad_token_id).all())
+    assert _answer_tokens(got, [end], tok.pad_token_id) < got.numel()
+
+
+def test_right_padded_prompts_decode_like_left_padded(lm) -> None:
+    model, tok = lm
+    texts = [PREFIX + q for q in QUESTIONS]
+    left = greedy_decode(model, *_batch(tok, texts, "left"), 8, [tok.eos_token_id], 0)
+    right = greedy_decode(model, *_batch(tok, texts, "right"), 8, [tok.eos_token_id], 0)
+    assert torch.equal(left, right)
+
+
+def test_the_shared_prefix_leaves_every_row_a_token() -> None:
+    rows = [torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 4, 5]), torch.tensor([1, 2, 9])]
+    assert _shared_prefix(rows) == 2
+    same = [torch.tensor([7, 8, 9]), torch.tensor([7, 8, 9])]
+    assert _shared_prefix(same) == 2  # the last token of the shortest stays its own
+
+
+def test_answer_tokens_count_each_row_up_to_its_end() -> None:
+    new = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 0, 0, 0], [5, 6, 7, 8, 9]])
+    assert _answer_tokens(new, [2], 0) == 3 + 2 + 5
+    assert _answer_tokens(new[:, :0], [2], 0) == 0
+
+
+def test_encoder_models_use_generate(tiny_chat_llama) -> None:
+    from transformers import BertConfig, BertModel
+
+    assert not can_decode(
+        BertModel(
+            BertConfig(
+                hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
+            )
+        )
+    )
+
+
+def _lora(model, **kwargs):
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], **kwargs)
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # a trained adapter: B is no longer zero
+    return peft_model.eval()
+
+
+def test_merged_lora_scores_the_same_and_restores_every_weight(tiny_chat_llama) -> None:
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float()
+    model = _lora(base)
+    ids = torch.arange(3, 40).reshape(1, -1)
+    params = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with merged_lora(model) as n:
+            merged = model(input_ids=ids).logits
+            assert n == 3 * model.config.num_hidden_layers
+            assert all(layer.merged for layer in _lora_layers(model))
+        again = model(input_ids=ids).logits
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+    assert torch.equal(again, unmerged)
+    assert not any(layer.merged for layer in _lora_layers(model))
+    for name, p in model.named_parameters():
+        original, value = params[name]
+        assert p is original and torch.equal(p, value), name  # same object, same bits
+
+
+def test_merged_lora_is_undone_when_the_block_fails(tiny_chat_llama) -> None:
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float())
+    weights = [layer.get_base_layer().weight for layer in _lora_layers(model)]
+    with pytest.raises(RuntimeError), merged_lora(model):
+        raise RuntimeError("evaluation failed")
+    assert [layer.get_base_layer().weight for layer in _lora_layers(model)] == weights
+    assert not any(layer.merged for layer in _lora_layers(model))
+
+
+def test_dora_layers_stay_unmerged(tiny_chat_llama) -> None:
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float(), use_dora=True)
+    with merged_lora(model) as n:
+        assert n == 0
+
+
+def _lora_layers(model):
+    from peft.tuners.lora import Linear
+
+    return [m for m in model.modules() if isinstance(m, Linear)]
