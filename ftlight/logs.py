@@ -1,4 +1,4 @@
-"""Log lines for the phases of a run."""
+"""Log lines for the phases of a run: how long each took and the most memory it held."""
 
 from __future__ import annotations
 
@@ -6,11 +6,66 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+#: every phase timed in this process, in order: name -> seconds and peak resident memory (MB)
+PHASES: dict[str, dict[str, float]] = {}
+_open: list[list[float]] = []  # the peak seen so far by each phase still running
 
 
 @contextlib.contextmanager
 def timed(what: str, logger: logging.Logger) -> Iterator[None]:
-    """Log one line with the duration of a phase."""
+    """Log one line with the duration of a phase and, on Linux, its peak resident memory.
+
+    The peak is the kernel's high-water mark (``VmHWM``), reset when the phase starts; a
+    phase inside another one hands the mark it saw to the outer phase before resetting it.
+    """
+    _hand_peak_to_open_phases()
+    measured = _reset_peak()
+    mine = [0.0]
+    _open.append(mine)
     start = time.perf_counter()
-    yield
-    logger.info("%s: %.1f s", what, time.perf_counter() - start)
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        _open.pop()
+        peak = max(mine[0], _peak_mb() or 0.0) if measured else None
+        for outer in _open:
+            outer[0] = max(outer[0], peak or 0.0)
+    PHASES[what] = {"seconds": round(seconds, 2)}
+    if peak:
+        PHASES[what]["peak_rss_mb"] = round(peak)
+        logger.info("%s: %.1f s, peak memory %.2f GB", what, seconds, peak / 1024)
+    else:
+        logger.info("%s: %.1f s", what, seconds)
+
+
+def _hand_peak_to_open_phases() -> None:
+    if _open:
+        current = _peak_mb() or 0.0
+        for outer in _open:
+            outer[0] = max(outer[0], current)
+
+
+def _peak_mb() -> float | None:
+    """This process's resident-memory high-water mark (MB), or None off Linux."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    """Start a new high-water mark at the current resident size; False where unsupported."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return _peak_mb() is not None
