@@ -18,6 +18,7 @@ import torch
 import transformers
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -26,6 +27,7 @@ from ftlight.errors import ConfigError, FtlightError
 from ftlight.evaluation.scoring import score_split
 from ftlight.logs import timed
 from ftlight.module import FineTuneModule
+from ftlight.preemption import Preemption, on_slurm
 from ftlight.redact import redact
 from ftlight.strategies.registry import check_strategy
 from ftlight.validate import check_config, check_run
@@ -129,11 +131,16 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> L.Tr
     get the config with secrets masked."""
     configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if on_slurm() and any(isinstance(c, Preemption) for c in [*configured, *callbacks]):
+        # ftlight's Preemption checkpoints at a step boundary and requeues; Lightning's own
+        # handler would save mid-step, from inside the signal handler
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = instantiate(
         cfg.trainer,
         callbacks=[*configured, *callbacks],
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         use_distributed_sampler=False,
     )
     if not isinstance(trainer, L.Trainer):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -91,6 +93,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "Resume from a checkpoint written by ftlight-train "
                 "(ckpt_path=<run folder>/checkpoints/last.ckpt)."
             ) from None
+
+
+@contextlib.contextmanager
+def only_chosen_checkpoint(trainer: L.Trainer) -> Iterator[None]:
+    """In the block, a trainer call made without ``ckpt_path`` loads no checkpoint at all.
+
+    Under SLURM, Lightning turns ``ckpt_path=None`` into the newest ``hpc_ckpt_*.ckpt`` of
+    ``default_root_dir`` for every ``fit``, ``validate`` and ``test`` call
+    (``_CheckpointConnector._parse_ckpt_path``): an evaluation after a requeue would score
+    those weights instead of the model in memory. A checkpoint path that the user manages and
+    that is empty makes Lightning use the module as given (``_select_ckpt_path``); the public
+    ``trainer.ckpt_path`` setter cannot say "none", hence the connector's own fields.
+    """
+    connector = trainer._checkpoint_connector
+    saved = connector._ckpt_path, connector._user_managed
+    connector._ckpt_path, connector._user_managed = None, True
+    try:
+        yield
+    finally:
+        connector._ckpt_path, connector._user_managed = saved
 
 
 def _disk_full(err: BaseException, recorded: OSError | None) -> bool:

@@ -29,8 +29,8 @@ log = logging.getLogger("ftlight")
 LOCK_FILE = ".ftlight.lock"
 """The file rank 0 holds an exclusive ``flock`` on while its run writes the folder."""
 
-#: ``ckpt_path`` values Lightning resolves inside the run's own checkpoint folder
-_IN_PLACE_CKPT = {"last", "best", "hpc"}
+#: ``ckpt_path`` values resolved inside the run's own folder (by Lightning; ``auto``: ftlight)
+_IN_PLACE_CKPT = {"last", "best", "hpc", "auto"}
 
 #: environment variables launchers set to a process's (or its node's) rank: Lightning's
 #: launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM
@@ -75,11 +75,13 @@ def hydra_output_subdir() -> Path | None:
 
 
 def previous_results(run_dir: Path) -> list[str]:
-    """What in ``run_dir`` another run left: checkpoints, ``metrics.json``, exports."""
+    """What in ``run_dir`` another run left: checkpoints (Lightning's SLURM ``hpc_ckpt_*``
+    too), ``metrics.json``, exports."""
     found = []
     checkpoints = run_dir / "checkpoints"
     if checkpoints.is_dir() and any(not p.name.startswith(".") for p in checkpoints.iterdir()):
         found.append("checkpoints/")
+    found += sorted(p.name for p in run_dir.glob("hpc_ckpt_*.ckpt"))
     if (run_dir / "metrics.json").exists():
         found.append("metrics.json")
     if run_dir.is_dir():
@@ -102,7 +104,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
                 f"another run is writing into {run_dir} ({holder}); two runs in one folder "
                 "would overwrite each other's checkpoints and results. Give this run a folder "
                 "of its own: hydra.run.dir=<new folder>. To continue that run once it has "
-                f"stopped: ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}."
+                f"stopped: hydra.run.dir={run_dir} ckpt_path=auto."
             ) from None
         except OSError as err:  # a file system without locks (some network mounts)
             log.warning("cannot lock %s (%s); not guarding against concurrent runs", path, err)
@@ -130,18 +132,18 @@ def _refuse_other_results(run_dir: Path, ckpt_path: Any) -> None:
     found = previous_results(run_dir)
     if not found:
         return
-    if ckpt_path is not None and _resumes_in(run_dir, str(ckpt_path)):
+    if ckpt_path is not None and resumes_in(run_dir, str(ckpt_path)):
         log.info("resuming in %s, which holds %s", run_dir, ", ".join(found))
         return
     raise ConfigError(
         f"{run_dir} already holds the results of another run ({', '.join(found)}); this run "
         "would overwrite them. Start it in a new folder (hydra.run.dir=<new folder>, or leave "
-        "hydra.run.dir to its dated default), or continue that run from its checkpoint: "
-        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}."
+        "hydra.run.dir to its dated default), or continue that run from its newest "
+        f"checkpoint, if it has one: hydra.run.dir={run_dir} ckpt_path=auto."
     )
 
 
-def _resumes_in(run_dir: Path, ckpt_path: str) -> bool:
+def resumes_in(run_dir: Path, ckpt_path: str) -> bool:
     """Whether ``ckpt_path`` is a checkpoint of ``run_dir`` (a file in it, or "last"...)."""
     if ckpt_path in _IN_PLACE_CKPT:
         return True

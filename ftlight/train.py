@@ -1,10 +1,17 @@
 """One fine-tuning run, top to bottom: build the parts, evaluate before, fit, evaluate after,
 export, report. ``train(cfg)`` is a plain function (tests and notebooks call it); the
-``ftlight-train`` command (``ftlight.cli.train``) composes the config and calls it."""
+``ftlight-train`` command (``ftlight.cli.train``) composes the config and calls it.
+
+A run stopped by a signal checkpoints and raises ``RunInterrupted`` (``ftlight.preemption``);
+one that resumes in its own folder continues there: the scores before training its first
+attempt kept, its CSV log, its loss history and time (``ftlight.resume``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,13 +22,17 @@ import lightning as L
 from omegaconf import DictConfig
 
 from ftlight.build import Run, build_run
+from ftlight.checkpoint import only_chosen_checkpoint
 from ftlight.config import register
 from ftlight.evaluation.fewshot import few_shot_scores
 from ftlight.evaluation.general import GeneralText
 from ftlight.evaluation.summary import log_scores, run_summary, write_report
 from ftlight.export import export_run, trained_model
 from ftlight.logs import timed
-from ftlight.runfolder import claim_run_folder
+from ftlight.preemption import find_preemption, stop_on_signal
+from ftlight.resume import checkpoint_step, keep_before, kept_before, resolve_ckpt_path
+from ftlight.runfolder import claim_run_folder, is_launching_process, resumes_in
+from ftlight.validate.run import checkpoint_file
 
 register()
 log = logging.getLogger("ftlight")
@@ -41,16 +52,21 @@ class RunResult:
 
 
 def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
-    """Run one fine-tuning job from a composed config; ``callbacks`` join the configured ones."""
+    """Run one fine-tuning job from a composed config; ``callbacks`` join the configured ones.
+
+    ``ckpt_path=auto`` resumes from the run folder's newest checkpoint, if it has one.
+    """
+    cfg = resolve_ckpt_path(cfg)
     ev = cfg.eval
     with claim_run_folder(cfg):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         general = GeneralText.from_setting(ev.get("general"))  # read before any model loads
         run = build_run(cfg, callbacks)
-        few_shot = few_shot_scores(run, ev.get("few_shot"), ev.split)  # the prompted base
-        before = _scores(run, general, "before") if ev.before else {}
-        seconds = _fit(run)
-        after = _scores(run, general, "after") if ev.after else {}
+        _continue_logs(run)
+        with stop_on_signal(run.trainer, run.run_dir):
+            few_shot, before = _scores_before(run, general)
+            seconds = _fit(run)
+            after = _scores(run, general, "after") if ev.after else {}
         summary = run_summary(run, before, after, seconds, few_shot)
         model = trained_model(run) if ev.export else None  # a collective under FSDP2
         log_scores(run, summary)
@@ -71,23 +87,60 @@ def _scores(run: Run, general: GeneralText, when: str) -> dict[str, float]:
         return run.evaluate(run.cfg.eval.split) | general.scores(run)
 
 
+def _scores_before(run: Run, general: GeneralText) -> tuple[dict[str, Any] | None, dict]:
+    """The prompted base model's scores and the scores before training: measured, or kept by
+    an earlier attempt of this run when it resumes in its own folder."""
+    cfg, ev = run.cfg, run.cfg.eval
+    if cfg.ckpt_path and resumes_in(run.run_dir, str(cfg.ckpt_path)):
+        kept = kept_before(cfg, run.run_dir)
+        if kept is not None:
+            log.info("scores before training: kept by this run's first attempt")
+            return kept.get("few_shot"), kept.get("before") or {}
+    few_shot = few_shot_scores(run, ev.get("few_shot"), ev.split)  # the prompted base
+    before = _scores(run, general, "before") if ev.before else {}
+    if is_launching_process():
+        keep_before(cfg, run.run_dir, before, few_shot)
+    return few_shot, before
+
+
+def _continue_logs(run: Run) -> None:
+    """Loggers that can continue a log (ftlight's CSV) keep what the checkpoint resumed from
+    holds, and nothing for a run that starts afresh."""
+    ckpt = run.cfg.ckpt_path
+    if not ckpt:
+        step = None
+    elif (file := checkpoint_file(run.cfg)) is not None:
+        step = checkpoint_step(Path(file))
+    else:  # remote or resolved by Lightning itself: keep every row
+        step = math.inf
+    for lg in run.trainer.loggers:
+        if hasattr(lg, "continue_from"):
+            lg.continue_from(step)
+
+
 def _fit(run: Run) -> float:
-    """Train (resuming from ``ckpt_path`` if given); the wall time in seconds."""
+    """Train (resuming from ``ckpt_path`` if given); the wall time in seconds.
+
+    Without ``ckpt_path`` no checkpoint is loaded, not even one Lightning finds by itself.
+    """
     trainer, ev = run.trainer, run.cfg.eval
+    ckpt = run.cfg.ckpt_path
     run.module.generate_in_eval = bool(ev.generate_during_fit)
     limit_val = trainer.limit_val_batches
     if _after_eval_repeats_fit_validation(trainer, ev):
         trainer.limit_val_batches = 0  # the evaluation after training logs the same val/loss
     started = time.perf_counter()
     try:
-        with timed("train", log):
+        fresh = only_chosen_checkpoint(trainer) if ckpt is None else contextlib.nullcontext()
+        with timed("train", log), fresh:
             # weights_only: a checkpoint holds tensors and plain values; loading runs no code
-            trainer.fit(
-                run.module, datamodule=run.data, ckpt_path=run.cfg.ckpt_path, weights_only=True
-            )
+            trainer.fit(run.module, datamodule=run.data, ckpt_path=ckpt, weights_only=True)
     finally:
         trainer.limit_val_batches = limit_val
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    if (preemption := find_preemption(trainer)) and trainer.is_global_zero:
+        preemption.drop_if_superseded(run.run_dir)
+    return seconds
 
 
 def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bool:

@@ -105,6 +105,8 @@ def test_other_ranks_share_the_folder(held, rank, name: str, value: str) -> None
 def _results(run_dir: Path, kind: str) -> Path:
     if kind == "checkpoints":
         path = run_dir / "checkpoints" / "last.ckpt"
+    elif kind == "hpc":  # Lightning's SLURM requeue checkpoint, in default_root_dir
+        path = run_dir / "hpc_ckpt_1.ckpt"
     elif kind == "metrics":
         path = run_dir / "metrics.json"
     else:  # an export (a plugin may name its folder anything; ModelSaver writes ftlight.json)
@@ -114,7 +116,7 @@ def _results(run_dir: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["checkpoints", "metrics", "export"])
+@pytest.mark.parametrize("kind", ["checkpoints", "hpc", "metrics", "export"])
 def test_a_folder_with_results_is_refused(compose, tmp_path, rank, kind: str) -> None:
     from ftlight.train import train
 
@@ -124,7 +126,7 @@ def test_a_folder_with_results_is_refused(compose, tmp_path, rank, kind: str) ->
     msg = str(err.value)
     assert f"{tmp_path} already holds the results of another run" in msg
     assert "hydra.run.dir=<new folder>" in msg
-    assert f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}" in msg
+    assert f"hydra.run.dir={tmp_path} ckpt_path=auto" in msg
     assert kept.read_text() == "previous run"
 
 
@@ -143,7 +145,7 @@ def test_a_checkpoint_elsewhere_does_not_resume_here(tmp_path, rank) -> None:
     with pytest.raises(ConfigError, match="already holds the results"):
         with claim_run_folder(_cfg(tmp_path / "run", str(other))):
             pass
-    for ckpt in (str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "last"):
+    for ckpt in (str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "last", "auto"):
         with claim_run_folder(_cfg(tmp_path / "run", ckpt)):
             pass
 

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from ftlight.compare import in_sweep
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError
+from ftlight.preemption import RunInterrupted
+from ftlight.runfolder import is_launching_process
 from ftlight.speed.allocator import describe as describe_allocator
 from ftlight.speed.allocator import use_fast_allocator
 from ftlight.train import train
@@ -26,6 +28,10 @@ def _main(cfg: DictConfig) -> float | None:
     log.info("%s", describe_allocator())
     try:
         result = train(cfg)
+    except RunInterrupted as err:  # checkpointed; train() logged how to resume
+        if is_launching_process():
+            print(f"ftlight-train: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
     except FtlightError as err:
         log.error("%s", err)  # into the run's ftlight.log
         print(f"ftlight-train: {err}", file=sys.stderr)  # stdout may be piped elsewhere

@@ -8,6 +8,7 @@ from typing import Any
 
 from ftlight.evaluation.report import format_table, plot_run, write_metrics
 from ftlight.redact import redact, secrets_in
+from ftlight.resume import RunHistory
 from ftlight.speed.throughput import ThroughputMonitor
 
 log = logging.getLogger("ftlight")
@@ -17,6 +18,14 @@ THROUGHPUT_KEYS = ("real_tokens_per_s", "mfu", "peak_memory_mb")
 
 def _monitor(trainer: Any) -> ThroughputMonitor | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, ThroughputMonitor)), None)
+
+
+def _whole_run(trainer: Any, throughput: dict[str, float], seconds: float | None) -> dict:
+    """Attempts, training seconds and throughput of the whole run, earlier attempts included."""
+    history = next((cb for cb in trainer.callbacks if isinstance(cb, RunHistory)), None)
+    if history is None or seconds is None:
+        return {"attempts": 1, "seconds": seconds, "throughput": throughput}
+    return history.whole_run(throughput, seconds)
 
 
 def run_summary(
@@ -30,6 +39,8 @@ def run_summary(
     counts = run.strategy.describe(run.module.model)
     monitor = _monitor(run.trainer)
     history = monitor.loss_history() if monitor else []
+    throughput = {k: monitor.summary.get(k, 0.0) for k in THROUGHPUT_KEYS} if monitor else {}
+    whole = _whole_run(run.trainer, throughput, train_seconds)
     summary: dict[str, Any] = {
         "strategy": run.strategy.name,
         "task": run.task.name,
@@ -38,11 +49,12 @@ def run_summary(
         "params": {"trainable": int(counts["trainable"]), "total": int(counts["total"])},
         "before": before,
         "after": after,
-        "throughput": {k: monitor.summary.get(k, 0.0) for k in THROUGHPUT_KEYS} if monitor else {},
+        "throughput": whole["throughput"],
         "train": {
             "steps": int(run.trainer.global_step),
             "final_loss": history[-1][1] if history else None,
-            "seconds": train_seconds,
+            "seconds": whole["seconds"],
+            "attempts": whole["attempts"],
             "data_stats": run.data.stats,
         },
     }

@@ -25,10 +25,12 @@ from ftlight.testing.helpers import (
     snapshot,
     train_with_probe,
 )
+from ftlight.testing.pause import PauseAtStep
 
 __all__ = [
     "BASE",
     "DATA",
+    "PauseAtStep",
     "QUICK_FIT",
     "SETUPS",
     "Probe",

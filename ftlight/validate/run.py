@@ -67,6 +67,11 @@ def checkpoint_file(cfg: DictConfig) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if not ckpt or "://" in str(ckpt):  # remote checkpoints are read by Lightning itself
         return None
+    if ckpt == "auto":  # the run folder's newest (ftlight.resume), or none
+        from ftlight.resume import newest_checkpoint
+
+        found = newest_checkpoint(Path(str(cfg.run_dir)))
+        return str(found[0]) if found else None
     if ckpt in ("last", "best", "hpc"):  # Lightning finds these in the run's own folder
         last = Path(str(cfg.run_dir)) / "checkpoints" / "last.ckpt"
         return str(last) if ckpt == "last" and last.is_file() else None

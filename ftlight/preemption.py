@@ -1,0 +1,280 @@
+"""Stopping a run cleanly when it is told to: SIGTERM anywhere, SLURM's requeue signal.
+
+A signal only records itself. At the next optimizer-step boundary the ranks agree (one
+all-reduce) that the run stops, write ``checkpoints/interrupted.ckpt`` together (atomically,
+like every checkpoint), rank 0 requeues the job when SLURM sent the requeue signal (SIGUSR1,
+which ``launch/slurm.sbatch`` asks for with ``--signal``), and ``RunInterrupted`` ends the run
+with status 128 + the signal number and a line saying how to resume. ``ckpt_path=auto`` (what
+the sbatch passes) resumes from the newest checkpoint of the run folder.
+
+Lightning's own handling is switched off where it would lose work: its SLURM requeue handler
+saves from inside the signal handler (mid-step, collectives included) into ``hpc_ckpt_*``
+files that later evaluations load, and its SIGTERM handling ends the fit with status 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ftlight.resume import newest_checkpoint
+
+log = logging.getLogger("ftlight")
+
+REQUEUE_SIGNAL = signal.SIGUSR1
+"""The signal SLURM sends ahead of the time limit (``#SBATCH --signal=SIGUSR1@90``)."""
+
+INTERRUPTED_CKPT = "interrupted.ckpt"
+"""The checkpoint a signalled run writes into its checkpoint folder."""
+
+
+def on_slurm() -> bool:
+    """Whether this process is a task of a SLURM job step (``srun``), as Lightning sees it."""
+    return SLURMEnvironment.detect()
+
+
+class RunInterrupted(Exception):
+    """The run stopped on ``signum`` at ``step``; it resumes from ``checkpoint`` (None: no
+    training was saved). ``resume`` is the command that continues it, once known."""
+
+    def __init__(
+        self, signum: int, checkpoint: Path | None, step: int, requeued: bool = False
+    ) -> None:
+        super().__init__(signum, checkpoint, step, requeued)
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.step = step
+        self.requeued = requeued
+        self.resume = ""
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.checkpoint is None:
+            what = f"stopped by {name} before training saved a checkpoint"
+        else:
+            what = f"stopped by {name} at step {self.step}; checkpoint: {self.checkpoint}"
+        if self.requeued:
+            what += "; the job was requeued and its next attempt resumes from there"
+        return f"{what}. {self.resume}" if self.resume else what
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+class Preemption(L.Callback):
+    """On SIGTERM (and, under SLURM, the requeue signal): checkpoint at the next optimizer
+    step into ``dirpath``, requeue the SLURM job if asked to, and stop with ``RunInterrupted``.
+
+    ``listening()`` records the signals for a whole run; during ``fit`` the callback also
+    takes SIGTERM back from the handler Lightning installs for it.
+    """
+
+    def __init__(self, dirpath: str, filename: str = INTERRUPTED_CKPT) -> None:
+        self.dirpath = Path(dirpath)
+        self.filename = filename
+        #: the signal received and not yet acted on (None: none)
+        self.signum: int | None = None
+        self._step_seen = -1
+        self._stop: RunInterrupted | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where the checkpoint of an interrupted run goes."""
+        return self.dirpath / self.filename
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal asked this process to stop."""
+        return self.signum is not None
+
+    @staticmethod
+    def signals() -> tuple[signal.Signals, ...]:
+        """The signals handled: SIGTERM, and SLURM's requeue signal in a SLURM job."""
+        return (signal.SIGTERM, REQUEUE_SIGNAL) if on_slurm() else (signal.SIGTERM,)
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """Record the signals in the block (a whole run); the previous handlers come back."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.getsignal(s) for s in self.signals()}
+        for s in previous:
+            signal.signal(s, self._record)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        # SIGTERM wins over the requeue signal: the job is ending, whoever asked for it
+        if self.signum is None or signum == signal.SIGTERM:
+            self.signum = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Handle SIGTERM ourselves while training: Lightning's handler (set for each trainer
+        call; it restores the previous ones after) ends the fit with status 0 and no
+        checkpoint, and in DDP broadcasts from inside the handler."""
+        self._step_seen = trainer.global_step
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals():
+                signal.signal(s, self._record)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """At an optimizer-step boundary: if any rank was signalled, checkpoint (and requeue)."""
+        step = trainer.global_step
+        if step == self._step_seen or self._stop is not None:
+            return  # accumulating gradients (the optimizer has not stepped), or stopping
+        self._step_seen = step
+        signum = self._agreed_signal(trainer)
+        if not signum:
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        requeued = signum == REQUEUE_SIGNAL and on_slurm() and _requeue(trainer)
+        # stop at the next hook, once Lightning has logged this step (and run a validation
+        # due now): the resumed run continues the log right after it
+        self._stop = RunInterrupted(signum, self.path, step, requeued)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Stop before the next step, if asked to."""
+        self._stop_now()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop before the epoch's end is checkpointed, if asked to."""
+        self._stop_now()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop before the evaluation after training, if asked to at the last step."""
+        self._stop_now()
+
+    def _stop_now(self) -> None:
+        if self._stop is not None:
+            stop, self._stop = self._stop, None
+            raise stop
+
+    def drop_if_superseded(self, run_dir: Path) -> None:
+        """After a completed fit: remove the interrupted checkpoint once a newer one holds the
+        run (a later ``ckpt_path=auto`` would not pick it; a person might)."""
+        path = self.path
+        if not path.exists():
+            return
+        newest = newest_checkpoint(run_dir)
+        if newest is not None and newest[0].resolve() != path.resolve():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def _agreed_signal(self, trainer: L.Trainer) -> int:
+        """The signal any rank received (SIGTERM first), 0 for none; the same on every rank."""
+        mine = self.signum or 0
+        if trainer.world_size == 1:
+            return mine
+        device = trainer.strategy.root_device
+        agreed = trainer.strategy.reduce(torch.tensor(mine, device=device), reduce_op="max")
+        return int(agreed)
+
+
+def _requeue(trainer: L.Trainer) -> bool:
+    """``scontrol requeue`` this job (rank 0); whether SLURM accepted it."""
+    if not trainer.is_global_zero:
+        return True
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+    try:
+        done = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("could not requeue SLURM job %s (%s); resubmit it to resume", job, err)
+        return False
+    if done.returncode != 0:
+        log.warning(
+            "scontrol requeue %s failed (%s); resubmit the job to resume",
+            job,
+            done.stderr.strip() or f"status {done.returncode}",
+        )
+        return False
+    log.info("requeued SLURM job %s", job)
+    return True
+
+
+def find_preemption(trainer: L.Trainer) -> Preemption | None:
+    """The trainer's ``Preemption`` callback, if it has one."""
+    return next((cb for cb in trainer.callbacks if isinstance(cb, Preemption)), None)
+
+
+@contextlib.contextmanager
+def stop_on_signal(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
+    """Run the block (evaluations and fit) listening for the signals; a run they stop raises
+    ``RunInterrupted`` with the command that resumes it, which rank 0 logs.
+
+    A signal outside training ends an evaluation with Lightning's ``SIGTERMException`` (a
+    ``SystemExit`` with status 0); it becomes a ``RunInterrupted`` naming the run's newest
+    checkpoint.
+    """
+    preemption = find_preemption(trainer)
+    listening = preemption.listening() if preemption else contextlib.nullcontext()
+    try:
+        with listening:
+            yield
+    except SIGTERMException:
+        found = newest_checkpoint(run_dir)
+        err = RunInterrupted(signal.SIGTERM, *(found or (None, trainer.global_step)))
+        _announce(err, run_dir, trainer.is_global_zero)
+        raise err from None
+    except RunInterrupted as err:
+        _announce(err, run_dir, trainer.is_global_zero)
+        raise
+
+
+def _announce(err: RunInterrupted, run_dir: Path, is_rank_zero: bool) -> None:
+    """Say in ``err`` how to continue the run, and log it on rank 0."""
+    if err.checkpoint is None:
+        err.resume = "Run the same command again to start over."
+    elif not err.requeued:
+        err.resume = f"Resume with: {resume_command(run_dir, err.checkpoint)}"
+    if is_rank_zero:
+        log.warning("%s", err)
+
+
+def resume_command(run_dir: Path, ckpt: Path) -> str:
+    """The ``ftlight-train`` command that continues this run in ``run_dir`` from ``ckpt``:
+    the run's own overrides (from Hydra), its folder and the checkpoint."""
+    if HydraConfig.initialized():
+        skip = ("ckpt_path=", "hydra.run.dir=", "run_dir=")
+        task = HydraConfig.get().overrides.task
+        overrides = [shlex.quote(o) for o in task if not o.startswith(skip)]
+    else:
+        overrides = ["<the same overrides>"]
+    folder, ckpt = Path(run_dir).absolute(), Path(ckpt).absolute()
+    tail = [shlex.quote(f"hydra.run.dir={folder}"), shlex.quote(f"ckpt_path={ckpt}")]
+    return " ".join(["ftlight-train", *overrides, *tail])
