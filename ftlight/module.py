@@ -211,7 +211,6 @@ class FineTuneModule(L.LightningModule):
             gen_model = self.model if self.generate_in_eval else None
             self.task.update_metrics(self._metrics(), batch, out, model=gen_model)
 
-
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start
     on_test_epoch_end = on_validation_epoch_end
