@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.override = [
             *(opts.override or []),
             "trainer.log_every_n_steps=1000",
-            "+trainer.enable_model_summary=false",
+            "trainer.enable_model_summary=false",
         ]
         cfg = compose(opts, device, run_dir)
         seed(cfg)

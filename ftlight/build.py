@@ -25,7 +25,7 @@ from torch import nn
 from ftlight.checkpoint import AtomicCheckpointIO
 from ftlight.errors import ConfigError, FtlightError
 from ftlight.evaluation.scoring import score_split
-from ftlight.logs import timed
+from ftlight.logs import quiet_libraries, timed
 from ftlight.module import FineTuneModule
 from ftlight.preemption import Preemption, on_slurm
 from ftlight.redact import redact
@@ -129,6 +129,7 @@ def build_module(cfg: DictConfig, parts: Parts, model: nn.Module) -> FineTuneMod
 def build_trainer(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """The Trainer with the configured callbacks (plus ``callbacks``) and loggers; the loggers
     get the config with secrets masked."""
+    quiet_libraries()
     configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     plugins: list[Any] = [AtomicCheckpointIO()]

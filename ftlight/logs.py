@@ -69,3 +69,40 @@ def _reset_peak() -> bool:
     except OSError:
         return False
     return _peak_mb() is not None
+
+
+#: library messages that say nothing to someone fine-tuning with ftlight
+_NOISE = (
+    "💡 Tip:",  # Lightning's advertisement for its cloud logger
+    "GPU available:",
+    "TPU available:",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+)
+_NOISY_WARNINGS = (
+    # transformers 5 deprecations raised from inside Lightning and PEFT, not from user code
+    r"`is_gradient_checkpointing` is deprecated",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # on a machine with SLURM installed, every run outside srun is told to use srun
+    r"The `srun` command is available on your system but is not used",
+    r"Precision .* is not supported by the model summary",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(n) for n in _NOISE)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter out of a run's console: Lightning's tips and device lines, and
+    deprecation warnings from inside libraries that the user cannot act on. Warnings that
+    concern the user's settings or data stay."""
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    for pattern in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)

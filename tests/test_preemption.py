@@ -243,7 +243,7 @@ def test_sigterm_checkpoints_exits_non_zero_and_says_how_to_resume(tmp_path: Pat
         *RUN,
         "trainer.precision=32-true",
         "callbacks.progress=null",
-        "+trainer.enable_model_summary=false",
+        "trainer.enable_model_summary=false",
         f"hydra.run.dir={run_dir}",
     ]
     pause = [

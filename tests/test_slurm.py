@@ -39,7 +39,7 @@ RUN = [
     "scheduler=constant",
     "scheduler.warmup_ratio=0",
     "callbacks.progress=null",
-    "+trainer.enable_model_summary=false",
+    "trainer.enable_model_summary=false",
 ]
 
 

@@ -34,7 +34,7 @@ BASE = [
     "trainer.precision=32-true",
     "callbacks.progress=null",
     "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
+    "trainer.enable_model_summary=false",
     "logger=none",
     "eval.plots=false",
 ]
