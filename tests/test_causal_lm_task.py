@@ -108,6 +108,29 @@ def test_sliced_loss_equals_the_models_own_loss_and_gradients(tiny_lm, packed: b
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("limit", [None, 1, 40], ids=["one-group", "row-by-row", "groups"])
+def test_evaluation_scores_equal_the_models_own_in_any_grouping(
+    tiny_lm, monkeypatch, limit: int | None
+) -> None:
+    import ftlight.tasks.causal_lm as causal_lm
+
+    model, tok = tiny_lm
+    batch = _batch(tok, packed=False)
+    if limit is not None:  # logits budget in positions x vocabulary
+        monkeypatch.setattr(causal_lm, "EVAL_LOGITS", limit * model.config.vocab_size)
+    task = CausalLMTask(generate=False)
+    metrics = task.metrics()
+    with torch.no_grad():
+        own = model(**batch, use_cache=False)
+        task.update_metrics(metrics, batch, task.evaluation_outputs(model, batch))
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    accuracy = ((own.logits[:, :-1].argmax(-1) == labels) & mask).sum() / mask.sum()
+    scores = task.compute_metrics(metrics)
+    assert scores["loss"] == pytest.approx(float(own.loss), rel=1e-5)
+    assert scores["token_accuracy"] == pytest.approx(float(accuracy), rel=1e-6)
+
+
 def test_sliced_loss_through_a_peft_wrapper(tiny_lm) -> None:
     from peft import LoraConfig, get_peft_model
 

@@ -22,6 +22,8 @@ from ftlight.tasks.base import Task
 
 AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly longer answer)
 AUTO_FALLBACK = 128  # max_new_tokens=auto without references to size it from
+#: most logits an evaluation forward holds at once (32 M floats: 128 MB in float32)
+EVAL_LOGITS = 2**25
 
 
 @dataclass
@@ -149,15 +151,30 @@ class CausalLMTask(Task):
         """Loss and greedy next-token predictions at the labelled positions only.
 
         The full ``(rows, length, vocabulary)`` logits of an evaluation batch are the largest
-        tensor of a run (16 rows of 190 tokens over a 49k vocabulary: 600 MB in float32)
-        and most of them belong to prompt tokens, which are not scored.
+        tensor of a run (16 rows of 256 tokens over a 49k vocabulary: 800 MB in float32),
+        and most of them belong to prompt tokens, which are not scored. Only the labelled
+        positions are projected, and a batch with many of them (general text, where every
+        token is labelled) in groups of rows holding at most ``EVAL_LOGITS`` logits.
         """
-        sliced = self._labelled_logits(model, inputs)
-        if sliced is None:
+        labels = inputs.get("labels")
+        if labels is None or self.sliced_loss is False:
             return model(**inputs, use_cache=False)
-        logits, wanted = sliced
-        loss = nn.functional.cross_entropy(logits.float(), wanted) if len(wanted) else None
-        return LabelledOutputs(loss=loss, predictions=logits.argmax(-1), targets=wanted)
+        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
+        per_row = (labels[:, 1:] != IGNORE_INDEX).sum(1).tolist()
+        total, predictions, targets = labels.new_zeros((), dtype=torch.float32), [], []
+        for rows in _row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
+            part = {k: v[rows] if torch.is_tensor(v) else v for k, v in inputs.items()}
+            sliced = self._labelled_logits(model, part)
+            if sliced is None:
+                return model(**inputs, use_cache=False)
+            logits, wanted = sliced
+            if len(wanted):
+                total = total + nn.functional.cross_entropy(logits.float(), wanted, reduction="sum")
+            predictions.append(logits.argmax(-1))
+            targets.append(wanted)
+        n = sum(per_row)
+        loss = total / n if n else None
+        return LabelledOutputs(loss, torch.cat(predictions), torch.cat(targets))
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer; size generation and pick the scoring from the references.
@@ -276,6 +293,19 @@ class CausalLMTask(Task):
         if "loss" in out:
             out["perplexity"] = math.exp(min(out["loss"], 50.0))
         return out
+
+
+def _row_groups(counts: list[int], limit: int) -> list[slice]:
+    """Consecutive groups of rows whose ``counts`` add up to at most ``limit`` (a row over
+    the limit alone)."""
+    groups, start, held = [], 0, 0
+    for i, count in enumerate(counts):
+        if i > start and held + count > limit:
+            groups.append(slice(start, i))
+            start, held = i, 0
+        held += count
+    groups.append(slice(start, len(counts)))
+    return groups
 
 
 def _answer_tokens(new: torch.Tensor, eos: list[int], pad_id: int) -> int:
