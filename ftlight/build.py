@@ -25,7 +25,7 @@ from torch import nn
 from ftlight.checkpoint import AtomicCheckpointIO
 from ftlight.errors import ConfigError, FtlightError
 from ftlight.evaluation.scoring import score_split
-from ftlight.logs import quiet_libraries, timed
+from ftlight.logs import PHASES, quiet_libraries, timed
 from ftlight.module import FineTuneModule
 from ftlight.preemption import Preemption, on_slurm
 from ftlight.redact import redact
@@ -82,6 +82,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     """Check the config, then strategy, task, source, tokenizer and prepared data."""
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    PHASES.clear()  # this run's phases (metrics.json) start here
     check_config(cfg)  # every option, path and checkpoint, before anything is built or loaded
     strategy = check_strategy(instantiate(cfg.strategy), str(cfg.strategy.get("_target_")))
     task = instantiate(cfg.task)

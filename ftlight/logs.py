@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -44,6 +46,21 @@ def timed(what: str, logger: logging.Logger) -> Iterator[None]:
         logger.info("%s: %.1f s", what, seconds)
 
 
+def release_free_memory() -> None:
+    """Hand memory the C library's malloc holds unused back to the system (glibc only)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 def _hand_peak_to_open_phases() -> None:
     if _open:
         current = _peak_mb() or 0.0
@@ -63,7 +80,12 @@ def _peak_mb() -> float | None:
 
 
 def _reset_peak() -> bool:
-    """Start a new high-water mark at the current resident size; False where unsupported."""
+    """Start a new high-water mark at the current resident size; False where unsupported.
+
+    Memory the previous phase freed goes back to the system first (glibc keeps freed
+    blocks mapped: a phase would otherwise start with the last one's peak as its floor).
+    """
+    release_free_memory()
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 
@@ -42,6 +43,13 @@ def test_metrics_json(trained, strategy: str, task: str) -> None:
         assert set(values) == METRICS[task], phase
         assert all(type(v) is float and math.isfinite(v) for v in values.values()), values
     assert metrics["train"]["steps"] == 4
+    phases = metrics["phases"]  # every phase of this run, timed, and only this run's
+    assert {"evaluate before training", "train", "evaluate after training", "export"} <= set(
+        phases
+    )
+    assert all(p["seconds"] >= 0 for p in phases.values())
+    if sys.platform == "linux":
+        assert all(p["peak_rss_mb"] > 100 for p in phases.values())
 
 
 @pytest.mark.parametrize(("strategy", "task"), MATRIX)

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from ftlight.evaluation.report import format_table, plot_run, write_metrics
+from ftlight.logs import PHASES
 from ftlight.redact import redact, secrets_in
 from ftlight.resume import RunHistory
 from ftlight.speed.throughput import ThroughputMonitor
@@ -79,6 +80,8 @@ def write_report(run: Any, summary: dict[str, Any], plots: bool) -> None:
         "\n" + format_table(summary["before"], summary["after"], summary.get("few_shot")) + "\n",
         flush=True,
     )
+    # seconds and peak resident memory of each phase: load, evaluations, training, export
+    summary["phases"] = {name: dict(figures) for name, figures in PHASES.items()}
     clean = redact(summary, secrets_in(run.cfg), by_key=False)  # keys are metric names
     write_metrics(run.run_dir / "metrics.json", clean)
     if plots:
