@@ -14,6 +14,7 @@ from ftlight.data.encode import IGNORE_INDEX
 from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
 from ftlight.evaluation.fewshot import (
+    AUTO_SHOTS,
     _find_examples,
     check_k,
     few_shot_row,
@@ -93,7 +94,7 @@ def test_system_message_stays_first() -> None:
 def test_k_must_be_a_whole_number(bad) -> None:
     with pytest.raises(ConfigError, match=f"eval.few_shot={bad!r}: expected a whole number"):
         check_k(bad)
-    assert check_k(None) == 0 and check_k(3) == 3
+    assert check_k(None) == 0 and check_k(3) == 3 and check_k("auto") == "auto"
 
 
 @pytest.mark.parametrize("val_path", ["given", "held out"])
@@ -140,3 +141,14 @@ def test_encoders_skip_it_with_a_note(compose, tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="ftlight"):
         assert few_shot_scores(run, 2, "validation") is None
     assert "eval.few_shot=2: skipped for task=classification" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ftlight"):  # the default: silently off
+        assert few_shot_scores(run, "auto", "validation") is None
+    assert "few_shot" not in caplog.text
+
+
+def test_auto_gives_prompt_tasks_three_examples(compose, tmp_path: Path) -> None:
+    run = build_run(compose([], tmp_path, "causal_lm"))
+    assert run.cfg.eval.few_shot == "auto"  # the default
+    block = few_shot_scores(run, "auto", "validation")
+    assert block is not None and block["k"] == AUTO_SHOTS == 3

@@ -21,14 +21,20 @@ from ftlight.logs import timed
 log = logging.getLogger("ftlight")
 
 
-def check_k(setting: Any) -> int:
-    """``eval.few_shot`` as a number of examples (0 or null: off)."""
+#: examples in the prompt with ``eval.few_shot=auto``, for tasks whose rows are prompts
+AUTO_SHOTS = 3
+
+
+def check_k(setting: Any) -> int | str:
+    """``eval.few_shot`` as a number of examples (0 or null: off), or ``"auto"``."""
     if setting is None:
         return 0
+    if setting == "auto":
+        return "auto"
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
         raise ConfigError(
             f"eval.few_shot={setting!r}: expected a whole number of examples >= 0 (0 turns it "
-            "off), e.g. eval.few_shot=3"
+            f"off), e.g. eval.few_shot=3, or auto ({AUTO_SHOTS} for prompt tasks, else off)"
         )
     return setting
 
@@ -70,6 +76,10 @@ def few_shot_scores(run: Any, setting: Any, split: str) -> dict[str, Any] | None
     if not k:
         return None
     task, tokenizer = run.task, run.tokenizer
+    if k == "auto":  # a baseline where there is one to draw, silently nothing elsewhere
+        if not issubclass(task.example_type, SFTExample):
+            return None
+        k = AUTO_SHOTS
     if not issubclass(task.example_type, SFTExample):
         log.info(
             "eval.few_shot=%d: skipped for task=%s: its rows are texts with labels, not prompts "
