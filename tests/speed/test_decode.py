@@ -161,3 +161,34 @@ def _lora_layers(model):
     from peft.tuners.lora import Linear
 
     return [m for m in model.modules() if isinstance(m, Linear)]
+
+
+def test_scoring_passes_run_merged_and_training_does_not(compose, tmp_path) -> None:
+    import lightning as L
+
+    from ftlight.build import build_run
+
+    seen: list[tuple[str, bool]] = []
+
+    class Watch(L.Callback):
+        def on_validation_batch_start(self, trainer, module, *args) -> None:
+            seen.append(("eval", all(layer.merged for layer in _lora_layers(module.model))))
+
+        def on_train_batch_start(self, trainer, module, *args) -> None:
+            seen.append(("train", any(layer.merged for layer in _lora_layers(module.model))))
+
+    run = build_run(compose(["trainer.max_steps=2"], tmp_path, "causal_lm"), [Watch()])
+    weights = {n: p for n, p in run.module.model.named_parameters()}
+    run.evaluate("validation")
+    run.trainer.fit(run.module, datamodule=run.data)
+    run.evaluate("validation")
+    # scoring passes merged; training, and the validation inside fit, unmerged
+    assert seen == [
+        ("eval", True),
+        ("train", False),
+        ("train", False),
+        ("eval", False),
+        ("eval", True),
+    ]
+    after = dict(run.module.model.named_parameters())
+    assert all(after[n] is p for n, p in weights.items())  # the same parameter objects
