@@ -178,8 +178,8 @@ def test_scoring_passes_run_merged_and_training_does_not(compose, tmp_path) -> N
             seen.append(("train", any(layer.merged for layer in _lora_layers(module.model))))
 
     run = build_run(compose(["trainer.max_steps=2"], tmp_path, "causal_lm"), [Watch()])
-    weights = {n: p for n, p in run.module.model.named_parameters()}
-    run.evaluate("validation")
+    run.evaluate("validation")  # applies the strategy first
+    weights = dict(run.module.model.named_parameters())
     run.trainer.fit(run.module, datamodule=run.data)
     run.evaluate("validation")
     # scoring passes merged; training, and the validation inside fit, unmerged
