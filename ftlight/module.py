@@ -79,6 +79,7 @@ class FineTuneModule(L.LightningModule):
         self.val_metrics = nn.ModuleDict()
         self.last_eval: dict[str, float] = {}
         self._resume_rng: torch.Tensor | None = None  # set by on_load_checkpoint
+        self._resume_cuda_rng: torch.Tensor | None = None  # and this one, from a GPU's
 
     # -- model set-up ---------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -258,6 +259,8 @@ class FineTuneModule(L.LightningModule):
             "rng": torch.get_rng_state(),
             **self.fingerprint,
         }
+        if self.device.type == "cuda":  # dropout on the GPU draws from the device's generator
+            checkpoint["ftlight"]["cuda_rng"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint matches this run, load its trainable state, restore the RNG."""
@@ -272,6 +275,7 @@ class FineTuneModule(L.LightningModule):
         # Put back where training continues, not now: Lightning draws from the RNG while it
         # sets up the fit (dataloader iterators), which would shift every later dropout mask.
         self._resume_rng = meta.get("rng")
+        self._resume_cuda_rng = meta.get("cuda_rng")
 
     def on_train_epoch_start(self) -> None:
         """Resuming at an epoch boundary: restore the checkpoint's RNG state here."""
@@ -285,6 +289,10 @@ class FineTuneModule(L.LightningModule):
         if self._resume_rng is not None:
             torch.set_rng_state(self._resume_rng)
             self._resume_rng = None
+        if self._resume_cuda_rng is not None:
+            if self.device.type == "cuda":  # a GPU checkpoint resumed on the CPU: not needed
+                torch.cuda.set_rng_state(self._resume_cuda_rng, self.device)
+            self._resume_cuda_rng = None
 
 
 def _enable_activation_checkpointing(model: nn.Module) -> None:

@@ -2,10 +2,18 @@
 
 A signal only records itself. At the next optimizer-step boundary the ranks agree (one
 all-reduce) that the run stops, write ``checkpoints/interrupted.ckpt`` together (atomically,
-like every checkpoint), rank 0 requeues the job when SLURM sent the requeue signal (SIGUSR1,
-which ``launch/slurm.sbatch`` asks for with ``--signal``), and ``RunInterrupted`` ends the run
-with status 128 + the signal number and a line saying how to resume. ``ckpt_path=auto`` (what
-the sbatch passes) resumes from the newest checkpoint of the run folder.
+like every checkpoint), rank 0 requeues the job when SLURM sent the requeue signal, and
+``RunInterrupted`` ends the run with status 128 + the signal number and a line saying how to
+resume. ``ckpt_path=auto`` (what the sbatch passes) resumes from the newest checkpoint of the
+run folder.
+
+The requeue signal is SIGUSR1 in a job of ``launch/slurm.sbatch`` (its ``--signal``), which
+rank 0 requeues with ``scontrol requeue``. In a job submitit submitted (``hydra/launcher=slurm``)
+it is submitit's (SIGUSR2, ``$SUBMITIT_PREEMPT_SIGNAL``), and rank 0 hands the requeue to
+submitit's own handler: its ``checkpoint`` hook resubmits the trial with ``ckpt_path=auto``
+(``hydra_plugins.ftlight_slurm``) and it counts the time-limit requeues
+(``hydra.launcher.max_num_timeout``). There the requeue signal wins over a SIGTERM that comes
+with it (submitit ignores SIGTERM: SLURM sends it too when it preempts a job).
 
 Lightning's own handling is switched off where it would lose work: its SLURM requeue handler
 saves from inside the signal handler (mid-step, collectives included) into ``hpc_ckpt_*``
@@ -40,6 +48,9 @@ log = logging.getLogger("ftlight")
 REQUEUE_SIGNAL = signal.SIGUSR1
 """The signal SLURM sends ahead of the time limit (``#SBATCH --signal=SIGUSR1@90``)."""
 
+SUBMITIT_SIGNAL_VARIABLE = "SUBMITIT_PREEMPT_SIGNAL"
+"""Names submitit's requeue signal (``USR2`` unless set)."""
+
 INTERRUPTED_CKPT = "interrupted.ckpt"
 """The checkpoint a signalled run writes into its checkpoint folder."""
 
@@ -47,6 +58,20 @@ INTERRUPTED_CKPT = "interrupted.ckpt"
 def on_slurm() -> bool:
     """Whether this process is a task of a SLURM job step (``srun``), as Lightning sees it."""
     return SLURMEnvironment.detect()
+
+
+def under_submitit() -> bool:
+    """Whether this process runs a job that submitit submitted to SLURM."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and on_slurm()
+
+
+def requeue_signal() -> signal.Signals:
+    """The signal that asks this SLURM job to checkpoint and requeue: submitit's in a job it
+    submitted, else ``REQUEUE_SIGNAL``."""
+    if under_submitit():
+        name = os.environ.get(SUBMITIT_SIGNAL_VARIABLE, "USR2")
+        return signal.Signals[f"SIG{name}" if not name.startswith("SIG") else name]
+    return REQUEUE_SIGNAL
 
 
 class RunInterrupted(Exception):
@@ -94,6 +119,9 @@ class Preemption(L.Callback):
         self.signum: int | None = None
         self._step_seen = -1
         self._stop: RunInterrupted | None = None
+        #: the handlers the signals had before ``listening`` (submitit's, in its jobs)
+        self._previous: dict[int, Any] = {}
+        self._order: tuple[signal.Signals, ...] = (signal.SIGTERM,)  # signals(), when listening
 
     @property
     def path(self) -> Path:
@@ -107,8 +135,13 @@ class Preemption(L.Callback):
 
     @staticmethod
     def signals() -> tuple[signal.Signals, ...]:
-        """The signals handled: SIGTERM, and SLURM's requeue signal in a SLURM job."""
-        return (signal.SIGTERM, REQUEUE_SIGNAL) if on_slurm() else (signal.SIGTERM,)
+        """The signals handled, the one that wins first: SIGTERM, and in a SLURM job its
+        requeue signal (first under submitit)."""
+        if not on_slurm():
+            return (signal.SIGTERM,)
+        if under_submitit():
+            return (requeue_signal(), signal.SIGTERM)
+        return (signal.SIGTERM, REQUEUE_SIGNAL)
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
@@ -116,7 +149,9 @@ class Preemption(L.Callback):
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread
             return
-        previous = {s: signal.getsignal(s) for s in self.signals()}
+        self._order = self.signals()
+        previous = {s: signal.getsignal(s) for s in self._order}
+        self._previous = dict(previous)
         for s in previous:
             signal.signal(s, self._record)
         try:
@@ -126,17 +161,26 @@ class Preemption(L.Callback):
                 signal.signal(s, handler)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        # SIGTERM wins over the requeue signal: the job is ending, whoever asked for it
-        if self.signum is None or signum == signal.SIGTERM:
+        # the first of signals() wins: SIGTERM (the job is ending, whoever asked for it), or
+        # under submitit its requeue signal
+        order = self._order
+        if self.signum is None or (signum in order and order.index(signum) < self._rank()):
             self.signum = signum
+
+    def _rank(self) -> int:
+        """Where the signal received stands in ``signals()`` (their number: none)."""
+        order = self._order
+        return order.index(self.signum) if self.signum in order else len(order)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Handle SIGTERM ourselves while training: Lightning's handler (set for each trainer
         call; it restores the previous ones after) ends the fit with status 0 and no
         checkpoint, and in DDP broadcasts from inside the handler."""
         self._step_seen = trainer.global_step
+        if not self._previous:  # a fit outside listening()
+            self._order = self.signals()
         if threading.current_thread() is threading.main_thread():
-            for s in self.signals():
+            for s in self._order:
                 signal.signal(s, self._record)
 
     def on_train_batch_end(
@@ -156,7 +200,11 @@ class Preemption(L.Callback):
         if not signum:
             return
         trainer.save_checkpoint(self.path, weights_only=False)
-        requeued = signum == REQUEUE_SIGNAL and on_slurm() and _requeue(trainer)
+        requeued = (
+            on_slurm()
+            and signum == requeue_signal()
+            and _requeue(trainer, self._previous.get(signum))
+        )
         # stop at the next hook, once Lightning has logged this step (and run a validation
         # due now): the resumed run continues the log right after it
         self._stop = RunInterrupted(signum, self.path, step, requeued)
@@ -194,19 +242,25 @@ class Preemption(L.Callback):
                 path.unlink(missing_ok=True)
 
     def _agreed_signal(self, trainer: L.Trainer) -> int:
-        """The signal any rank received (SIGTERM first), 0 for none; the same on every rank."""
-        mine = self.signum or 0
+        """The signal any rank received (the first of ``signals()`` that one did), 0 for
+        none; the same on every rank."""
         if trainer.world_size == 1:
-            return mine
+            return self.signum or 0
+        order = self._order
+        # ranks reduce how urgent their signal is: len(order) for the first, 0 for none
+        mine = len(order) - self._rank()
         device = trainer.strategy.root_device
         agreed = trainer.strategy.reduce(torch.tensor(mine, device=device), reduce_op="max")
-        return int(agreed)
+        return int(order[len(order) - int(agreed)]) if int(agreed) else 0
 
 
-def _requeue(trainer: L.Trainer) -> bool:
-    """``scontrol requeue`` this job (rank 0); whether SLURM accepted it."""
+def _requeue(trainer: L.Trainer, previous_handler: Any = None) -> bool:
+    """Requeue this SLURM job (rank 0): through submitit's handler in a job it submitted,
+    else ``scontrol requeue``. Whether it was requeued."""
     if not trainer.is_global_zero:
         return True
+    if under_submitit():
+        return _submitit_requeue(previous_handler)
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
     try:
@@ -224,6 +278,24 @@ def _requeue(trainer: L.Trainer) -> bool:
         )
         return False
     log.info("requeued SLURM job %s", job)
+    return True
+
+
+def _submitit_requeue(handler: Any) -> bool:
+    """Let submitit checkpoint and requeue its job, as its own handler of the requeue signal
+    would (``handler``, the one ``listening`` replaced): its ``checkpoint`` hook resubmits the
+    trial to resume, and it keeps count of time-limit requeues. Whether it requeued."""
+    owner = getattr(handler, "__self__", None)
+    if owner is None or not hasattr(owner, "checkpoint_and_try_requeue"):
+        log.warning("no submitit signal handler to requeue this job with; resubmit it to resume")
+        return False
+    try:
+        owner.checkpoint_and_try_requeue(int(requeue_signal()))
+    except SystemExit:  # submitit's handler ends the process once the job is requeued
+        return True
+    except Exception as err:  # over its requeue limit, or scontrol failed
+        log.warning("submitit did not requeue this job: %s", err)
+        return False
     return True
 
 

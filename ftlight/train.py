@@ -33,8 +33,10 @@ from ftlight.preemption import find_preemption, stop_on_signal
 from ftlight.resume import checkpoint_step, keep_before, kept_before, resolve_ckpt_path
 from ftlight.runfolder import claim_run_folder, is_launching_process, resumes_in
 from ftlight.validate.run import checkpoint_file
+from hydra_plugins.ftlight_slurm import _launcher as slurm_launcher
 
 register()
+slurm_launcher.register()  # hydra/launcher=slurm
 log = logging.getLogger("ftlight")
 
 
@@ -68,6 +70,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
             seconds = _fit(run)
             after = _scores(run, general, "after") if ev.after else {}
         summary = run_summary(run, before, after, seconds, few_shot)
+        summary["train"]["world_size"] = run.trainer.world_size  # the processes that trained
         model = trained_model(run) if ev.export else None  # a collective under FSDP2
         log_scores(run, summary)
         exports: dict[str, Path] = {}

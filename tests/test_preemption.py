@@ -282,3 +282,57 @@ def test_sigterm_checkpoints_exits_non_zero_and_says_how_to_resume(tmp_path: Pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 6 and metrics["train"]["attempts"] == 2
+
+
+# -- under submitit (hydra/launcher=slurm) ---------------------------------------------------
+SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "ftlight", "SLURM_JOB_ID": "7"}
+
+
+class _SubmititHandler:
+    """Stands for submitit's ``SignalHandler``: it checkpoints (the launcher's hook), requeues
+    and exits; or cannot requeue (over its limit)."""
+
+    def __init__(self, requeues: bool = True) -> None:
+        self.requeues = requeues
+        self.calls: list[int] = []
+
+    def checkpoint_and_try_requeue(self, signum: int, frame=None) -> None:
+        self.calls.append(signum)
+        if not self.requeues:
+            raise RuntimeError("Job not requeued because: timed-out too many times.")
+        raise SystemExit(-1)
+
+
+def test_under_submitit_its_signal_wins_and_its_handler_requeues(monkeypatch) -> None:
+    """SLURM sends SIGTERM with submitit's SIGUSR2 when it preempts; submitit's requeue (its
+    ``checkpoint`` hook resubmits the trial with ckpt_path=auto) must win, from its handler."""
+    from ftlight.preemption import Preemption, _submitit_requeue, requeue_signal
+
+    for name, value in SLURM_TASK.items():
+        monkeypatch.setenv(name, value)
+    assert Preemption.signals() == (signal.SIGTERM, signal.SIGUSR1)  # launch/slurm.sbatch
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert Preemption.signals() == (signal.SIGUSR2, signal.SIGTERM)
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+    assert requeue_signal() == signal.SIGUSR1
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL")
+
+    handler = _SubmititHandler()
+    previous = signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
+    try:
+        stop = Preemption(dirpath="unused")
+        with stop.listening():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert stop.signum == signal.SIGUSR2  # recorded, not acted on: the step ends first
+            assert handler.calls == []
+        assert signal.getsignal(signal.SIGUSR2) == handler.checkpoint_and_try_requeue
+        # at the step boundary, rank 0 hands the requeue to the handler listening() replaced
+        assert _submitit_requeue(stop._previous[signal.SIGUSR2]) is True
+        assert handler.calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert _submitit_requeue(_SubmititHandler(requeues=False).checkpoint_and_try_requeue) is False
+    assert _submitit_requeue(signal.SIG_DFL) is False  # not submitit's: nothing to requeue with

@@ -1,5 +1,6 @@
-"""``sbatch launch/slurm.sbatch`` on a real SLURM cluster: two nodes on this machine
-(``launch/local_cluster.sh``), one task each, DDP over gloo on the CPU.
+"""``sbatch launch/slurm.sbatch`` and ``ftlight-train -m hydra/launcher=slurm`` on a real SLURM
+cluster: two nodes on this machine (``launch/local_cluster.sh``), one task each, DDP over gloo
+on the CPU.
 
 Needs root (the cluster installs Debian's slurm-wlm and munge with apt-get when they are
 missing); elsewhere the tests skip. ``pytest -m slurm`` runs them.
@@ -211,9 +212,96 @@ def test_requeued_job_resumes_and_loses_nothing(
         torch.testing.assert_close(final[name], expected[name], atol=1e-5, rtol=0)
 
     ckpt = torch.load(job.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    history = ckpt["callbacks"]["RunHistory"]
+    history = ckpt["callbacks"]["ThroughputMonitor"]  # the loss history of both attempts
     assert [step for step, _ in history["losses"]] == [1, 2, 3, 4, 5, 6]
+    assert ckpt["callbacks"]["RunHistory"]["attempts"] == 2
     assert not (job.run_dir / "checkpoints" / "interrupted.ckpt").exists()  # superseded
     rows = (job.run_dir / "logs" / "metrics.csv").read_text().splitlines()
     steps = [row.split(",")[rows[0].split(",").index("step")] for row in rows[1:]]
     assert steps[0] == "0" and steps[-1] == "6", rows  # the first attempt's rows, then on
+
+
+# -- hydra/launcher=slurm: a sweep, one job per trial ----------------------------------------
+def _squeue_running(slurm: dict[str, str]) -> list[str]:
+    done = subprocess.run(
+        ["squeue", "-h", "-t", "R", "-o", "%i"], env=slurm, capture_output=True, text=True
+    )
+    return done.stdout.split()
+
+
+def _wait_for_ranks(marker: str, sweep: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(Path(f"{marker}.{rank}").exists() for rank in (0, 1)):
+        assert sweep.poll() is None, f"the sweep ended ({sweep.returncode}) before {marker}"
+        assert time.monotonic() < deadline, f"no {marker}.0/.1 after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_a_sweep_runs_a_job_per_trial_and_requeued_trials_resume(
+    slurm: dict[str, str], tmp_path: Path
+) -> None:
+    """``ftlight-train -m hydra/launcher=slurm trainer=ddp trainer.num_nodes=2 strategy.r=4,8``
+    submits one job of two nodes, one task each, per trial. Held at step 2, the first trial gets
+    submitit's time-limit signal (SIGUSR2: submitit's checkpoint hook resubmits it with
+    ckpt_path=auto), the second ``scontrol requeue`` (SIGTERM; SLURM runs it again): each
+    checkpoints at step 3 and finishes in a second attempt, in its own folder and W&B run."""
+    sweep_dir, marker = tmp_path / "sweep", tmp_path / "paused"
+    env = {
+        **slurm,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{slurm['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
+    env.pop("FTLIGHT_WANDB_ID", None)
+    cmd = [
+        *(sys.executable, "-m", "ftlight.train", "-m", "hydra/launcher=slurm", "trainer=ddp"),
+        *("trainer.num_nodes=2", "strategy.r=4,8", *RUN, "logger=wandb"),
+        *("hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"),
+        "+callbacks.pause._target_=ftlight.testing.PauseAtStep",
+        "+callbacks.pause.step=2",
+        f"+callbacks.pause.marker={marker}-r${{strategy.r}}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    with open(tmp_path / "out", "w") as out:
+        sweep = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_ranks(f"{marker}-r4", sweep)
+        (first,) = _squeue_running(slurm)  # a trial takes both nodes: one job runs at a time
+        subprocess.run(["scancel", "--signal=USR2", first], env=slurm, check=True, timeout=60)
+        _wait_for_ranks(f"{marker}-r8", sweep)
+        (second,) = _squeue_running(slurm)
+        subprocess.run(["scontrol", "requeue", second], env=slurm, check=True, timeout=60)
+        assert sweep.wait(timeout=600) == 0, (tmp_path / "out").read_text()[-4000:]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    jobs = sweep_dir / ".submitit"
+    assert sorted(p.name for p in jobs.iterdir() if p.is_dir()) == sorted([first, second])
+    for job in (first, second):  # sized from the trainer config: 2 nodes x 1 task, no GPUs
+        script = (jobs / job / f"{job}_submission.sh").read_text()
+        assert "--nodes=2" in script and "--ntasks-per-node=1" in script, script
+        assert "--gpus-per-node" not in script, script
+    assert "Requeued job" in (jobs / first / f"{first}_0_log.out").read_text()  # by submitit
+
+    trials = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
+    wandb_ids = set()
+    for trial, r, signame in zip(trials, (4, 8), ("SIGUSR2", "SIGTERM"), strict=True):
+        metrics = json.loads((trial / "metrics.json").read_text())
+        assert metrics["params"]["trainable"] == 1024 * r
+        assert metrics["train"]["world_size"] == 2
+        assert metrics["train"]["steps"] == 6 and metrics["train"]["attempts"] == 2
+        log = (trial / "ftlight.log").read_text()
+        assert f"stopped by {signame} at step 3" in log
+        assert "resuming from" in log and "interrupted.ckpt (step 3)" in log
+        assert "scores before training: kept by this run's first attempt" in log
+        assert "ckpt_path=auto" in (trial / ".hydra" / "overrides.yaml").read_text()
+        ckpt = torch.load(trial / "checkpoints" / "last.ckpt", weights_only=True)
+        losses = ckpt["callbacks"]["ThroughputMonitor"]["losses"]
+        assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]  # both attempts' history
+        # both attempts logged into one W&B run (offline: a folder per attempt, one id)
+        runs = sorted(trial.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(runs) == 2 and runs[0].name == runs[1].name, runs
+        wandb_ids.add(runs[0].name)
+    assert len(wandb_ids) == 2  # a W&B run per trial

@@ -9,6 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ftlight.cli.trial import trial
 from ftlight.compare import in_sweep
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError
@@ -27,7 +28,8 @@ def _main(cfg: DictConfig) -> float | None:
     logging.getLogger("ftlight").setLevel(logging.INFO)
     log.info("%s", describe_allocator())
     try:
-        result = train(cfg)
+        with trial():  # a sweep's trial: its own world of ranks, its own W&B run
+            result = train(cfg)
     except RunInterrupted as err:  # checkpointed; train() logged how to resume
         if is_launching_process():
             print(f"ftlight-train: {err}", file=sys.stderr)

@@ -25,8 +25,11 @@ _BEST: dict[tuple[str, int | None, torch.dtype], float] = {}
 def _measured_peak(device_type: str, index: int | None, dtype: torch.dtype) -> float:
     device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     n = 2048 if device_type == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # a generator of its own: measuring must not move the run's random stream (dropout masks,
+    # shuffling), or a run would differ with the moment its peak was first measured
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     reps = 6 if device_type == "cpu" else 20
     (a @ b).sum().item()
     if device_type == "cpu":

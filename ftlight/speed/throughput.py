@@ -21,7 +21,11 @@ REMEASURE_AFTER_S = 30.0
 class ThroughputMonitor(L.Callback):
     """Counts real (non-padding) tokens without a host sync per step; logs tokens/s and MFU.
 
-    The first ``warmup_steps`` optimizer steps are left out of the run's figures.
+    The first ``warmup_steps`` optimizer steps of each attempt are left out of the run's
+    figures. Checkpoints carry the loss history and what was measured so far
+    (``state_dict``), so a run resumed from one reports the whole run: its ``summary`` and
+    ``loss_history`` add this attempt to the attempts before, and its warm-up counts from the
+    step it resumed at.
     """
 
     def __init__(self, log_every_n_steps: int = 5, warmup_steps: int = 2) -> None:
@@ -30,20 +34,44 @@ class ThroughputMonitor(L.Callback):
         self.losses: list[tuple[int, torch.Tensor]] = []
         self.val_losses: list[tuple[int, float]] = []
         self._tokens = torch.zeros((), dtype=torch.long)
-        self._window_tokens = torch.zeros((), dtype=torch.long)
-        self._timed_tokens = 0
         self._t0: float | None = None
         self._window_t0: float | None = None
-        self._timed_s = 0.0
+        self._timed_start_tokens = 0
+        self._window_tokens_start = 0
+        self._timed: tuple[int, float] | None = None  # this attempt's, frozen at its end
+        self._start_step = 0
         self._flops_per_token = 0.0
+        self._device = torch.device("cpu")
+        #: what the attempts before this one measured (from the checkpoint resumed from)
+        self.previous: dict[str, float] = dict(_NOTHING_MEASURED)
         self.summary: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loss history and the figures of the run so far, this attempt's included."""
+        tokens, seconds = self._timed_so_far()
+        return {
+            "losses": self.loss_history(),
+            "val_losses": list(self.val_losses),
+            "real_tokens": self.previous["real_tokens"] + int(self._tokens),
+            "timed_tokens": self.previous["timed_tokens"] + tokens,
+            "timed_seconds": self.previous["timed_seconds"] + seconds,
+            "peak_memory_mb": max(self.previous["peak_memory_mb"], peak_memory_mb(self._device)),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the run a checkpoint holds: its loss history and figures so far."""
+        self.losses = [(int(s), torch.tensor(float(v))) for s, v in state_dict.get("losses", [])]
+        self.val_losses = [(int(s), float(v)) for s, v in state_dict.get("val_losses", [])]
+        self.previous = {k: state_dict.get(k, v) for k, v in _NOTHING_MEASURED.items()}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Work out FLOPs per token for this model and strategy, and measure the device's
         matmul peak now, before the first step: later, compilation workers or data loading
-        could share the device and lower it (raising MFU)."""
+        could share the device and lower it (raising MFU). The warm-up starts here."""
         info = pl_module.strategy.describe(pl_module.model)
         self._flops_per_token = flops_per_token(info["total"], info["trainable"])
+        self._device = pl_module.device
+        self._start_step = trainer.global_step
         peak_flops(pl_module.device)  # measured once per process and device, then cached
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
@@ -63,13 +91,15 @@ class ThroughputMonitor(L.Callback):
         if loss is not None:
             self.losses.append((trainer.global_step, loss.detach()))
         step = trainer.global_step
-        if step == self.warmup_steps and self._t0 is None:
-            self._sync(pl_module)
-            self._t0 = self._window_t0 = time.perf_counter()
-            self._timed_start_tokens = int(self._tokens)
-            self._window_tokens_start = self._timed_start_tokens
+        timed_from = self._start_step + self.warmup_steps
+        if self._t0 is None:
+            if step >= timed_from:
+                self._sync(pl_module)
+                self._t0 = self._window_t0 = time.perf_counter()
+                self._timed_start_tokens = int(self._tokens)
+                self._window_tokens_start = self._timed_start_tokens
             return
-        if self._t0 is not None and step % self.log_every_n_steps == 0 and step > self.warmup_steps:
+        if step % self.log_every_n_steps == 0 and step > timed_from:
             self._sync(pl_module)
             now = time.perf_counter()
             total = int(self._tokens)
@@ -82,23 +112,22 @@ class ThroughputMonitor(L.Callback):
                 )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Summarise the timed part of training."""
+        """Summarise the timed part of training: the whole run's, attempts before included."""
         self._sync(pl_module)
-        total_tokens = int(self._tokens)
-        if self._t0 is not None:
-            seconds = time.perf_counter() - self._t0
-            tokens = total_tokens - self._timed_start_tokens
-        else:
-            seconds, tokens = 0.0, 0
+        self._timed = self._timed_so_far()
+        tokens = self._timed[0] + int(self.previous["timed_tokens"])
+        seconds = self._timed[1] + float(self.previous["timed_seconds"])
         rate = tokens / seconds if seconds > 0 else 0.0
         # on a long run, a second measurement minutes after the first; the higher one counts
         # (it costs a fraction of a second: not worth it for short runs, whose MFU says little)
-        peak = peak_flops(pl_module.device, remeasure=seconds >= REMEASURE_AFTER_S)
+        peak = peak_flops(pl_module.device, remeasure=self._timed[1] >= REMEASURE_AFTER_S)
         self.summary = {
-            "real_tokens": total_tokens,
+            "real_tokens": int(self.previous["real_tokens"]) + int(self._tokens),
             "real_tokens_per_s": rate,
             "mfu": rate * self._flops_per_token / peak if rate else 0.0,
-            "peak_memory_mb": peak_memory_mb(pl_module.device),
+            "peak_memory_mb": max(
+                float(self.previous["peak_memory_mb"]), peak_memory_mb(pl_module.device)
+            ),
             "timed_seconds": seconds,
         }
 
@@ -112,10 +141,28 @@ class ThroughputMonitor(L.Callback):
         """(optimizer step, micro-batch training loss), as plain floats."""
         return [(s, float(v)) for s, v in self.losses]
 
+    def _timed_so_far(self) -> tuple[int, float]:
+        """This attempt's real tokens and seconds after its warm-up, up to now (or its end)."""
+        if self._timed is not None:
+            return self._timed
+        if self._t0 is None:
+            return 0, 0.0
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        return int(self._tokens) - self._timed_start_tokens, time.perf_counter() - self._t0
+
     @staticmethod
     def _sync(pl_module: L.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
+
+
+_NOTHING_MEASURED: dict[str, float] = {
+    "real_tokens": 0,
+    "timed_tokens": 0,
+    "timed_seconds": 0.0,
+    "peak_memory_mb": 0.0,
+}
 
 
 def real_tokens(batch: Mapping[str, Any], pad_token_id: int | None = None) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The one validation pass: every mistake in a composed config is reported before heavy work.
 
-``check_config`` runs first, before any tokenizer or model loads: every numeric option in its
-range, every choice among its values, the checkpoint to resume readable and written by the
-same strategy and task, the model folder present, the cache writable. ``check_run`` runs once
+``check_config`` runs first, before any tokenizer or model loads: a SLURM job shaped as the
+trainer config needs, every numeric option in its range, every choice among its values, the
+checkpoint to resume readable and written by the same strategy and task, the model folder
+present, the cache writable. ``check_run`` runs once
 the model's folder is known and the data is tokenised, still before the weights load: the rows
 fit the model's position limit, and the checkpoint was written for the same model and data.
 A key is checked wherever it appears, so options keep one meaning across config groups.
@@ -33,10 +34,13 @@ from ftlight.validate.run import (
     model_shape,
     read_checkpoint_meta,
 )
+from ftlight.validate.scheduler import check_scheduler
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Every check that needs only the config and the disk; raises the first problem found."""
+    """Every check that needs only the config, the disk and the environment (the scheduler's
+    job); raises the first problem found."""
+    check_scheduler(cfg)
     check_training_length(cfg)
     check_values(cfg)
     check_data(cfg)

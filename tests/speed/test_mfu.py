@@ -65,3 +65,12 @@ def test_peak_flops_picks_a_dtype_and_caches_per_dtype(monkeypatch, dtype) -> No
 
     expected = dtype or (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
     assert seen == [expected]
+
+
+def test_measuring_the_peak_leaves_the_runs_random_stream_alone() -> None:
+    """The peak is measured on random matrices at the first training step: drawn from the
+    global generator, they would shift every dropout mask after it."""
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    perf._measured_peak("cpu", None, torch.float32)
+    assert torch.equal(torch.get_rng_state(), state)

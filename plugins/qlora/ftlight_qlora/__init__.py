@@ -30,6 +30,16 @@ def _require_bitsandbytes() -> Any:
     return bitsandbytes
 
 
+def local_rank() -> int:
+    """This process's GPU on its node: ``LOCAL_RANK`` (Lightning's launcher, torchrun), else
+    ``SLURM_LOCALID`` (a task srun started), else 0."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 class QLoRAStrategy(LoRAStrategy):
     """LoRA over a frozen 4-bit base (NF4, double quantisation; compute dtype configurable)."""
 
@@ -67,7 +77,7 @@ class QLoRAStrategy(LoRAStrategy):
 
         skip = task.full_precision_modules() or None
         if torch.cuda.is_available():
-            device_map: Any = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+            device_map: Any = {"": local_rank()}
         else:
             device_map = "cpu"
         return {
