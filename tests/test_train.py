@@ -44,9 +44,7 @@ def test_metrics_json(trained, strategy: str, task: str) -> None:
         assert all(type(v) is float and math.isfinite(v) for v in values.values()), values
     assert metrics["train"]["steps"] == 4
     phases = metrics["phases"]  # every phase of this run, timed, and only this run's
-    assert {"evaluate before training", "train", "evaluate after training", "export"} <= set(
-        phases
-    )
+    assert {"evaluate before training", "train", "evaluate after training", "export"} <= set(phases)
     assert all(p["seconds"] >= 0 for p in phases.values())
     if sys.platform == "linux":
         assert all(p["peak_rss_mb"] > 100 for p in phases.values())
