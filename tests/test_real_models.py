@@ -15,7 +15,8 @@ from ftlight.train import train
 
 pytestmark = pytest.mark.slow
 
-QUIET = ["callbacks.progress=null", "logger=none", "eval.plots=false"]
+# the 3-shot baseline is a separate measurement (tests/test_fewshot.py), not what these check
+QUIET = ["callbacks.progress=null", "logger=none", "eval.plots=false", "eval.few_shot=0"]
 
 
 def _cfg(tmp_path: Path, overrides: list[str]):

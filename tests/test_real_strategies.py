@@ -16,7 +16,14 @@ from ftlight.train import train
 pytestmark = pytest.mark.slow
 register()
 
-QUIET = ["callbacks.progress=null", "logger=none", "eval.plots=false", "eval.export=false"]
+# the 3-shot baseline is a separate measurement (tests/test_fewshot.py), not what these check
+QUIET = [
+    "callbacks.progress=null",
+    "logger=none",
+    "eval.plots=false",
+    "eval.export=false",
+    "eval.few_shot=0",
+]
 # Full fine-tuning moves every weight of a pretrained body: a LoRA / head rate would wreck it.
 FULL_RATE = {"full": "optimizer.lr=1e-4", "llrd": "optimizer.lr=2e-4"}
 
