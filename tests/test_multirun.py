@@ -13,18 +13,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from ftlight.cli.trial import config_flags
-from ftlight.testing import setup_overrides
+from ftlight.testing import QUICK_RUN, setup_overrides
 
-QUICK = [
-    "trainer.precision=32-true",
-    "trainer.max_steps=2",
-    "trainer.max_epochs=-1",
-    "task.max_new_tokens=4",
-    "callbacks.progress=null",
-    "eval.export=false",
-    "eval.plots=false",
-    "eval.general=null",
-]
+QUICK = QUICK_RUN
 
 
 def _sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ import pytest
 import ftlight.loggers as loggers
 from ftlight.loggers import WandbLogger, finish_wandb, resolved_config, wandb_run_id
 from ftlight.redact import MASK
-from ftlight.testing import setup_overrides
+from ftlight.testing import QUICK_RUN, setup_overrides
 
 
 def wandb_records(path: Path) -> Iterator[object]:
@@ -128,14 +128,7 @@ def test_each_trial_of_a_sweep_logs_its_own_wandb_run(tmp_path: Path) -> None:
     cmd += [
         "logger=wandb",
         "strategy.r=4,8",
-        "trainer.precision=32-true",
-        "trainer.max_steps=2",
-        "trainer.max_epochs=-1",
-        "task.max_new_tokens=4",
-        "callbacks.progress=null",
-        "eval.export=false",
-        "eval.plots=false",
-        "eval.general=null",
+        *QUICK_RUN,
         f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

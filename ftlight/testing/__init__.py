@@ -13,6 +13,7 @@ from ftlight.testing.helpers import (
     BASE,
     DATA,
     QUICK_FIT,
+    QUICK_RUN,
     SETUPS,
     Probe,
     TrainedRun,
@@ -28,6 +29,7 @@ from ftlight.testing.helpers import (
 from ftlight.testing.pause import PauseAtStep
 
 __all__ = [
+    "QUICK_RUN",
     "BASE",
     "DATA",
     "PauseAtStep",

@@ -38,6 +38,19 @@ BASE = [
     "logger=none",
     "eval.plots=false",
 ]
+#: overrides for a command-line run that only has to go through every phase quickly (two
+#: steps, four generated tokens, no export, plots, general text or few-shot baseline)
+QUICK_RUN = [
+    "trainer.precision=32-true",
+    "trainer.max_steps=2",
+    "trainer.max_epochs=-1",
+    "task.max_new_tokens=4",
+    "callbacks.progress=null",
+    "eval.export=false",
+    "eval.plots=false",
+    "eval.general=null",
+    "eval.few_shot=0",
+]
 # The two set-ups every strategy is tested on, by model: a tiny causal LM on 16 alpaca rows,
 # and a tiny encoder classifying 16 reviews.
 SETUPS = {
