@@ -42,6 +42,7 @@ class ThroughputMonitor(L.Callback):
         self._start_step = 0
         self._flops_per_token = 0.0
         self._device = torch.device("cpu")
+        self._dtype = torch.float32  # the matmul precision of the run's steps (its MFU peak)
         #: what the attempts before this one measured (from the checkpoint resumed from)
         self.previous: dict[str, float] = dict(_NOTHING_MEASURED)
         self.summary: dict[str, float] = {}
@@ -72,7 +73,10 @@ class ThroughputMonitor(L.Callback):
         self._flops_per_token = flops_per_token(info["total"], info["trainable"])
         self._device = pl_module.device
         self._start_step = trainer.global_step
-        peak_flops(pl_module.device)  # measured once per process and device, then cached
+        self._dtype = compute_dtype(str(getattr(trainer, "precision", "32-true")))
+        peak_flops(
+            pl_module.device, self._dtype
+        )  # measured once per process and device, then cached
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
@@ -108,7 +112,8 @@ class ThroughputMonitor(L.Callback):
             pl_module.log("train/tokens_per_s", rate, prog_bar=True, on_step=True)
             if self._flops_per_token:
                 pl_module.log(
-                    "train/mfu", rate * self._flops_per_token / peak_flops(pl_module.device)
+                    "train/mfu",
+                    rate * self._flops_per_token / peak_flops(pl_module.device, self._dtype),
                 )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -120,7 +125,9 @@ class ThroughputMonitor(L.Callback):
         rate = tokens / seconds if seconds > 0 else 0.0
         # on a long run, a second measurement minutes after the first; the higher one counts
         # (it costs a fraction of a second: not worth it for short runs, whose MFU says little)
-        peak = peak_flops(pl_module.device, remeasure=self._timed[1] >= REMEASURE_AFTER_S)
+        peak = peak_flops(
+            pl_module.device, self._dtype, remeasure=self._timed[1] >= REMEASURE_AFTER_S
+        )
         self.summary = {
             "real_tokens": int(self.previous["real_tokens"]) + int(self._tokens),
             "real_tokens_per_s": rate,
@@ -205,3 +212,13 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a run's matrix products take under Lightning's ``precision`` setting: MFU
+    is measured against that dtype's peak (fp32's on a CPU that trains in fp32)."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32

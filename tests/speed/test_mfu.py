@@ -74,3 +74,30 @@ def test_measuring_the_peak_leaves_the_runs_random_stream_alone() -> None:
     state = torch.get_rng_state()
     perf._measured_peak("cpu", None, torch.float32)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_cpu_capped_below_bf16_counts_as_one_without(monkeypatch) -> None:
+    from ftlight.speed.hardware import cpu_has_fast_bf16
+
+    cpu_has_fast_bf16.cache_clear()
+    try:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+        assert cpu_has_fast_bf16() is False  # the default precision is then fp32
+    finally:
+        cpu_has_fast_bf16.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"),
+    [
+        ("bf16-mixed", torch.bfloat16),
+        ("bf16-true", torch.bfloat16),
+        ("16-mixed", torch.float16),
+        ("32-true", torch.float32),
+        ("64-true", torch.float32),
+    ],
+)
+def test_mfu_is_measured_against_the_runs_own_precision(precision: str, dtype) -> None:
+    from ftlight.speed.throughput import compute_dtype
+
+    assert compute_dtype(precision) == dtype

@@ -66,7 +66,7 @@ def test_a_resumed_monitor_reports_the_whole_run(monkeypatch) -> None:
     from its own warm-up (counted from the step it resumed at) and adds up both attempts."""
     import ftlight.speed.throughput as throughput
 
-    monkeypatch.setattr(throughput, "peak_flops", lambda device, **kwargs: 1e12)
+    monkeypatch.setattr(throughput, "peak_flops", lambda device, dtype=None, **kwargs: 1e12)
     module = _Module()
     first = ThroughputMonitor(warmup_steps=2)
     first.on_train_start(SimpleNamespace(global_step=0), module)
