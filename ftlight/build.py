@@ -123,6 +123,7 @@ def build_module(cfg: DictConfig, parts: Parts, model: nn.Module) -> FineTuneMod
         activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),
         compile=bool(cfg.get("compile", False)),
         attention_kernel=str(cfg.get("attention_kernel", "auto")),
+        share_prefix=bool(cfg.get("share_prefix", True)),
         fingerprint=parts.fingerprint,
     )
 

@@ -36,6 +36,8 @@ class FineTuneModule(L.LightningModule):
     ``torch.compile`` (dynamic shapes; the first steps pay for compilation).
     ``attention_kernel`` picks the attention kernel of training steps (``ftlight.speed.attention``:
     ``auto`` takes the faster one for short bf16 rows on a CPU).
+    ``share_prefix`` runs the opening every row of a batch shares once (``ftlight.speed.prefix``);
+    training steps under activation checkpointing, compiled blocks or FSDP run every row whole.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class FineTuneModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         attention_kernel: str = "auto",
+        share_prefix: bool = True,
         fingerprint: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -64,6 +67,7 @@ class FineTuneModule(L.LightningModule):
         self.frozen_cast = 0
         self.activation_checkpointing = activation_checkpointing
         self.compile_blocks = compile
+        self.share_prefix = share_prefix
         self.model = model
         self.strategy = strategy
         self.task = task
@@ -147,6 +151,10 @@ class FineTuneModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """One micro-batch: the task's loss, logged without a host sync."""
         self._step_kernel = self._choose_kernel(batch)
+        # a checkpointed block recomputes without the cache; a compiled one would retrace
+        self.task.prefix_sharing = self.share_prefix and not (
+            self.activation_checkpointing or self.compile_blocks or self.sharded
+        )
         with attention_kernel(self._step_kernel):
             loss = self.task.training_loss(
                 self.model, {k: batch[k] for k in MODEL_INPUTS if k in batch}
@@ -208,6 +216,7 @@ class FineTuneModule(L.LightningModule):
         # with a cache) would only pay for more compilation
         with torch.compiler.set_stance("force_eager") if self.compile_blocks else nullcontext():
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+            self.task.prefix_sharing = self.share_prefix and not self.sharded
             out = self.task.evaluation_outputs(self.model, inputs)
             gen_model = self.model if self.generate_in_eval else None
             self.task.update_metrics(self._metrics(), batch, out, model=gen_model)

@@ -12,14 +12,15 @@ key/value cache) as rows finish.
 
 from __future__ import annotations
 
-import functools
-import inspect
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+
+from ftlight.speed import cascade
+from ftlight.speed.prefix import cache_argument, new_cache, takes_argument
 
 #: a common prompt prefix shorter than this is not worth a separate forward pass
 MIN_SHARED_PREFIX = 8
@@ -50,73 +51,96 @@ def greedy_decode(
     shared = _shared_prefix(prompts) if share_prefix and batch > 1 else 0
     if shared < MIN_SHARED_PREFIX:
         shared = 0
-    cache = _new_cache(model)
+    cache_name = cache_argument(model) or "past_key_values"
     keep_logits = {"logits_to_keep": 1} if takes_argument(model, "logits_to_keep") else {}
-    if shared:
-        # the common opening, once; then every row's key/value cache starts from it
-        model(
-            input_ids=prompts[0][None, :shared],
-            past_key_values=cache,
-            use_cache=True,
-            **keep_logits,
-        )
-        cache.batch_repeat_interleave(batch)
-    # the rest of each prompt, left-padded, after the shared part: [shared][pad][rest]
-    rests = [p[shared:] for p in prompts]
-    width = max(len(r) for r in rests)
-    ids = torch.full((batch, width), pad_token_id, dtype=input_ids.dtype, device=device)
-    full_mask = torch.zeros((batch, shared + width), dtype=torch.long, device=device)
-    full_mask[:, :shared] = 1
-    for i, rest in enumerate(rests):
-        ids[i, width - len(rest) :] = rest
-        full_mask[i, shared + width - len(rest) :] = 1
-    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=ids,
-        attention_mask=full_mask,
-        position_ids=positions[:, shared:],
-        past_key_values=cache,
-        use_cache=True,
-        **keep_logits,
-    ).logits
-    next_position = positions[:, -1:] + 1
-
-    eos = torch.tensor(sorted(set(eos_token_ids)), dtype=input_ids.dtype, device=device)
-    out = torch.full((batch, max_new_tokens), pad_token_id, dtype=input_ids.dtype, device=device)
-    alive = torch.arange(batch, device=device)  # the original row of each batch row
-    steps = 0
-    for step in range(max_new_tokens):
-        token = logits[:, -1].argmax(-1)
-        out[alive, step] = token
-        steps = step + 1
-        going = ~torch.isin(token, eos)
-        if step + 1 == max_new_tokens or not bool(going.any()):
-            break
-        if not bool(going.all()):  # drop the rows that ended, and their cache
-            keep = going.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            alive, token = alive[keep], token[keep]
-            full_mask, next_position = full_mask[keep], next_position[keep]
-        full_mask = torch.cat([full_mask, full_mask.new_ones(len(alive), 1)], dim=1)
+    cache = new_cache(model)
+    separate = False  # the opening kept once, outside the rows' cache (``cascade``)
+    with contextlib.ExitStack() as scope:
+        if shared:  # the common opening, once
+            model(
+                input_ids=prompts[0][None, :shared],
+                **{cache_name: cache},
+                use_cache=True,
+                **keep_logits,
+            )
+            if cascade.supports(model):
+                opening = [(layer.keys, layer.values) for layer in cache.layers]
+                scope.enter_context(cascade.attend_to_shared_prefix(model, opening))
+                cache, separate = new_cache(model), True
+            else:  # every row's cache starts from a copy of it
+                cache.batch_repeat_interleave(batch)
+        # the rest of each prompt, left-padded, after the shared part: [shared][pad][rest]
+        rests = [p[shared:] for p in prompts]
+        width = max(len(r) for r in rests)
+        ids = torch.full((batch, width), pad_token_id, dtype=input_ids.dtype, device=device)
+        own = torch.zeros((batch, width), dtype=torch.long, device=device)
+        for i, rest in enumerate(rests):
+            ids[i, width - len(rest) :] = rest
+            own[i, width - len(rest) :] = 1
+        positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
+        if separate:  # 4-D: causal over the rows' own tokens, padding masked
+            causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+            step_mask: torch.Tensor = causal[None, None] & own.bool()[:, None, None, :]
+        else:
+            step_mask = torch.cat([own.new_ones(batch, shared), own], dim=1)
         logits = model(
-            input_ids=token[:, None],
-            attention_mask=full_mask,
-            position_ids=next_position,
-            past_key_values=cache,
+            input_ids=ids,
+            attention_mask=step_mask,
+            position_ids=positions,
+            **{cache_name: cache},
             use_cache=True,
             **keep_logits,
         ).logits
-        next_position = next_position + 1
+        next_position = positions[:, -1:] + 1
+
+        eos = torch.tensor(sorted(set(eos_token_ids)), dtype=input_ids.dtype, device=device)
+        out = torch.full(
+            (batch, max_new_tokens), pad_token_id, dtype=input_ids.dtype, device=device
+        )
+        alive = torch.arange(batch, device=device)  # the original row of each batch row
+        steps = 0
+        for step in range(max_new_tokens):
+            token = logits[:, -1].argmax(-1)
+            out[alive, step] = token
+            steps = step + 1
+            going = ~torch.isin(token, eos)
+            if step + 1 == max_new_tokens or not bool(going.any()):
+                break
+            if not bool(going.all()):  # drop the rows that ended, and their cache
+                keep = going.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                alive, token = alive[keep], token[keep]
+                own, next_position = own[keep], next_position[keep]
+            own = torch.cat([own, own.new_ones(len(alive), 1)], dim=1)
+            if separate:
+                step_mask = own.bool()[:, None, None, :]
+            else:
+                step_mask = torch.cat([own.new_ones(len(alive), shared), own], dim=1)
+            logits = model(
+                input_ids=token[:, None],
+                attention_mask=step_mask,
+                position_ids=next_position,
+                **{cache_name: cache},
+                use_cache=True,
+                **keep_logits,
+            ).logits
+            next_position = next_position + 1
     return out[:, :steps]
 
 
 def can_decode(model: nn.Module) -> bool:
     """Whether ``greedy_decode`` applies: a decoder-only transformers model taking a cache
-    and position ids (otherwise use ``model.generate``)."""
+    and position ids, with a language-modelling head (otherwise use ``model.generate``)."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
-    return takes_argument(model, "past_key_values") and takes_argument(model, "position_ids")
+    inner: Any = getattr(model, "_orig_mod", model)
+    if callable(getattr(inner, "get_base_model", None)):
+        inner = inner.get_base_model()
+    can_generate = getattr(inner, "can_generate", None)
+    if not (callable(can_generate) and can_generate()):
+        return False
+    return cache_argument(model) is not None and takes_argument(model, "position_ids")
 
 
 def _shared_prefix(prompts: list[torch.Tensor]) -> int:
@@ -129,26 +153,3 @@ def _shared_prefix(prompts: list[torch.Tensor]) -> int:
         same &= p[: len(first)] == first
     differs = (~same).nonzero()
     return int(differs[0]) if len(differs) else len(first)
-
-
-def _new_cache(model: nn.Module) -> DynamicCache:
-    config = getattr(model, "config", None)
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # older signature
-        return DynamicCache()
-
-
-def takes_argument(model: nn.Module, name: str) -> bool:
-    """Whether the innermost model's ``forward`` takes ``name`` (under a PEFT wrapper or
-    ``torch.compile``)."""
-    inner: Any = getattr(model, "_orig_mod", model)
-    get_base = getattr(inner, "get_base_model", None)
-    if callable(get_base):
-        inner = get_base()
-    return _forward_takes(type(inner), name)
-
-
-@functools.cache
-def _forward_takes(cls: type, name: str) -> bool:
-    return name in inspect.signature(cls.forward).parameters

@@ -54,6 +54,9 @@ class Task:
     uses_labels: ClassVar[bool] = False
     #: whether several rows may be packed into one sequence (``data.packing``)
     packable: ClassVar[bool] = False
+    #: whether a pass may run the opening every row of a batch shares once
+    #: (``ftlight.speed.prefix``); the module turns it off where a step cannot reuse a cache
+    prefix_sharing: bool = True
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer and learn what the evaluation references look like."""

@@ -17,7 +17,12 @@ from ftlight.data.encode import IGNORE_INDEX, encode_sft, prompt_and_reference
 from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
 from ftlight.evaluation.structured import StructuredOutputMetric
-from ftlight.speed.decode import can_decode, greedy_decode, takes_argument
+from ftlight.speed.decode import can_decode, greedy_decode
+from ftlight.speed.prefix import (
+    forward_with_shared_prefix,
+    shared_prefix_length,
+    takes_argument,
+)
 from ftlight.tasks.base import Task
 
 AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly longer answer)
@@ -139,7 +144,19 @@ class CausalLMTask(Task):
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = targets != IGNORE_INDEX
         rest = {k: v for k, v in inputs.items() if k != "labels"}
-        logits = model(**rest, use_cache=False, logits_to_keep=keep).logits
+        shared = 0
+        if self.prefix_sharing and set(rest) <= {"input_ids", "attention_mask"}:
+            shared = shared_prefix_length(rest["input_ids"], rest.get("attention_mask"), keep)
+        if shared:
+            logits = forward_with_shared_prefix(
+                model,
+                rest["input_ids"],
+                rest.get("attention_mask"),
+                shared,
+                logits_to_keep=keep[:, shared:],
+            ).logits
+        else:
+            logits = model(**rest, use_cache=False, logits_to_keep=keep).logits
         wanted = targets[keep[:, :-1]]
         if logits.ndim != 2 or logits.shape[0] != wanted.shape[0]:
             self.sliced_loss = False  # the model sliced some other way: use its own loss

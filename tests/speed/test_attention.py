@@ -92,6 +92,7 @@ RUN = [
     "scheduler.warmup_ratio=0",
     "callbacks.checkpoint=null",
     "trainer.enable_checkpointing=false",
+    "share_prefix=false",  # every row whole: the kernel is chosen by the rows' length
 ]
 
 

@@ -192,3 +192,71 @@ def test_scoring_passes_run_merged_and_training_does_not(compose, tmp_path) -> N
     ]
     after = dict(run.module.model.named_parameters())
     assert all(after[n] is p for n, p in weights.items())  # the same parameter objects
+
+
+def test_evaluation_decodes_with_its_own_loop(lm, monkeypatch) -> None:
+    """The model's cache argument is found under either name ``transformers`` has used, so
+    evaluation never falls back to ``generate`` on a decoder-only model."""
+    from ftlight.speed import cascade
+    from ftlight.tasks import CausalLMTask
+
+    model, tok = lm
+    assert can_decode(model)
+    assert cascade.supports(model)  # a Llama: the opening is kept once when decoding
+    monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("fell back to generate"))
+    task = CausalLMTask(max_new_tokens=5)
+    task.configure(tok, ["ok"])
+    ids, mask = _batch(tok, [PREFIX + q for q in QUESTIONS])
+    assert len(task.generate_text(model, ids, mask)) == len(QUESTIONS)
+
+
+def test_shared_attention_equals_attention_over_the_repeated_opening() -> None:
+    from types import SimpleNamespace
+
+    from ftlight.speed import cascade
+
+    torch.manual_seed(0)
+    rows, heads, kv_heads, q, own, shared, dim = 3, 4, 2, 5, 5, 6, 8
+    query = torch.randn(rows, heads, q, dim)
+    keys, values = torch.randn(rows, kv_heads, own, dim), torch.randn(rows, kv_heads, own, dim)
+    opening = [(torch.randn(1, kv_heads, shared, dim), torch.randn(1, kv_heads, shared, dim))]
+    allowed = torch.ones(q, own, dtype=torch.bool).tril()[None, None].repeat(rows, 1, 1, 1)
+    allowed[1, ..., :2] = False  # row 1 is left-padded by two tokens
+    token = cascade._SHARED.set(opening)
+    try:
+        got, _ = cascade.shared_attention(
+            SimpleNamespace(layer_idx=0), query, keys, values, allowed, scaling=0.3
+        )
+    finally:
+        cascade._SHARED.reset(token)
+    full_k = torch.cat([opening[0][0].expand(rows, -1, -1, -1), keys], dim=2)
+    full_v = torch.cat([opening[0][1].expand(rows, -1, -1, -1), values], dim=2)
+    full_mask = torch.cat([torch.ones(rows, 1, q, shared, dtype=torch.bool), allowed], dim=-1)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        full_k.repeat_interleave(heads // kv_heads, dim=1),
+        full_v.repeat_interleave(heads // kv_heads, dim=1),
+        attn_mask=full_mask,
+        scale=0.3,
+    )
+    torch.testing.assert_close(got, want.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kept_once", [True, False], ids=["opening-once", "opening-per-row"])
+def test_the_opening_kept_once_gives_generates_tokens(lm, monkeypatch, kept_once: bool) -> None:
+    from ftlight.speed import cascade
+
+    model, tok = lm
+    entered = []
+    real = cascade.attend_to_shared_prefix
+    monkeypatch.setattr(cascade, "supports", lambda m: kept_once)
+    monkeypatch.setattr(
+        cascade, "attend_to_shared_prefix", lambda m, layers: entered.append(1) or real(m, layers)
+    )
+    ids, mask = _batch(tok, [PREFIX + q for q in QUESTIONS])
+    eos = [tok.eos_token_id]
+    expected = _generate(model, ids, mask, eos, tok.pad_token_id, 12)
+    got = greedy_decode(model, ids, mask, 12, eos, tok.pad_token_id)
+    assert len(entered) == int(kept_once)
+    assert torch.equal(got, expected)
+    assert model.config._attn_implementation == "sdpa"  # put back after decoding
