@@ -4,8 +4,9 @@ SFT rows of one data set usually start the same way: the chat template's system 
 fixed instruction, and in few-shot scoring the same worked examples. Those tokens carry no
 loss, yet a plain forward pass computes them once per row. ``shared_prefix_length`` finds the
 tokens that every row of a batch starts with, unpadded and not needed for any logit;
-``forward_with_shared_prefix`` runs them once (batch 1), repeats their key/value cache for each
-row and runs the rest of every row on top of it. Gradients flow back through the cache, so a
+``forward_with_shared_prefix`` runs them once (batch 1) and then the rest of every row on top
+of their keys and values: one copy that every row attends to, for the model families
+``ftlight.speed.cascade`` knows, else a copy per row. Gradients flow back through them, so a
 training step gets the same loss and gradients as the plain pass (up to float rounding), at
 the cost of ``shared + rows x rest`` tokens instead of ``rows x length``. One difference:
 dropout inside the shared part draws one mask for all rows of the batch.
@@ -22,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DynamicCache
+
+from ftlight.speed import cascade
 
 #: a common opening shorter than this is not worth a separate forward pass
 MIN_SHARED_PREFIX = 16
@@ -107,10 +110,23 @@ def forward_with_shared_prefix(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache.batch_repeat_interleave(rows)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     positions = torch.arange(shared, length, device=input_ids.device).expand(rows, -1)
+    if cascade.supports(model):  # the opening stays one copy (``ftlight.speed.cascade``)
+        opening = [(layer.keys, layer.values) for layer in cache.layers]
+        own = attention_mask[:, shared:].bool()
+        width = own.shape[1]
+        causal = torch.ones((width, width), dtype=torch.bool, device=own.device).tril()
+        with cascade.attend_to_shared_prefix(model, opening):
+            return model(
+                input_ids=input_ids[:, shared:],
+                attention_mask=causal[None, None] & own[:, None, None, :],
+                position_ids=positions,
+                use_cache=False,
+                **kwargs,
+            )
+    cache.batch_repeat_interleave(rows)
     return model(
         input_ids=input_ids[:, shared:],
         attention_mask=attention_mask,

@@ -67,7 +67,12 @@ def test_the_shared_opening_is_found_and_bounded() -> None:
     assert shared_prefix_length(same, torch.ones_like(same)) == 29  # each row keeps one token
 
 
-def test_training_loss_and_gradients_match_the_plain_pass(lm) -> None:
+@pytest.mark.parametrize("kept_once", [True, False], ids=["opening-once", "opening-per-row"])
+def test_training_loss_and_gradients_match_the_plain_pass(lm, monkeypatch, kept_once) -> None:
+    from ftlight.speed import cascade
+
+    assert cascade.supports(lm[0])  # a Llama: by default the opening is kept once
+    monkeypatch.setattr(cascade, "supports", lambda m: kept_once)
     model, tok = lm
     model = copy.deepcopy(model).train()
     batch = _batch(tok)
@@ -125,7 +130,11 @@ def test_lora_gradients_flow_through_the_shared_cache(lm, monkeypatch) -> None:
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_evaluation_scores_match_the_plain_pass(lm) -> None:
+@pytest.mark.parametrize("kept_once", [True, False], ids=["opening-once", "opening-per-row"])
+def test_evaluation_scores_match_the_plain_pass(lm, monkeypatch, kept_once) -> None:
+    from ftlight.speed import cascade
+
+    monkeypatch.setattr(cascade, "supports", lambda m: kept_once)
     model, tok = lm
     batch = _batch(tok)
     scores = []
