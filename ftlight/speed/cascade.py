@@ -72,25 +72,44 @@ def shared_attention(
     kv_heads = key.shape[1]
     group = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
+    # in place where no gradient is recorded (scoring, decoding): less memory traffic
+    inplace = not torch.is_grad_enabled()
     # (rows, kv_heads, group*q, dim): the queries of each key/value head side by side
     grouped = query.reshape(rows, kv_heads, group * q, dim).float()
     # the shared part: all rows' queries against the one copy, one product per kv head
     flat = grouped.transpose(0, 1).reshape(kv_heads, rows * group * q, dim)
     shared_scores = torch.bmm(flat, shared_key[0].float().transpose(1, 2)) * scale
-    shared_scores = shared_scores.reshape(kv_heads, rows, group * q, -1).transpose(0, 1)
     own_scores = torch.matmul(grouped, key.float().transpose(2, 3)) * scale
     if attention_mask is not None:
         allowed = attention_mask.bool().expand(rows, 1, q, -1)
         allowed = allowed[:, :, None].expand(rows, 1, group, q, -1).reshape(rows, 1, group * q, -1)
-        own_scores = own_scores.masked_fill(~allowed, float("-inf"))
-    weights = torch.softmax(torch.cat([shared_scores, own_scores], dim=-1), dim=-1)
-    n_shared = shared_scores.shape[-1]
-    own_out = torch.matmul(weights[..., n_shared:], value.float())
-    shared_w = weights[..., :n_shared].transpose(0, 1).reshape(kv_heads, rows * group * q, -1)
-    shared_out = torch.bmm(shared_w, shared_value[0].float())
-    shared_out = shared_out.reshape(kv_heads, rows, group * q, dim).transpose(0, 1)
-    out = (own_out + shared_out).to(query.dtype).reshape(rows, heads, q, dim)
+        own_scores = own_scores.masked_fill_(~allowed, float("-inf"))
+    # one softmax over both sets of scores without joining them: a common maximum, then
+    # each part's exponentials, weighted values and sums
+    top = torch.maximum(
+        _per_row(shared_scores.amax(-1, keepdim=True), rows),
+        own_scores.amax(-1, keepdim=True),
+    )  # (rows, kv_heads, group*q, 1); finite: the shared part is never masked
+    shared_top = top.transpose(0, 1).reshape(kv_heads, rows * group * q, 1)
+    if inplace:
+        own_scores = own_scores.sub_(top).exp_()
+        shared_scores = shared_scores.sub_(shared_top).exp_()
+    else:
+        own_scores = (own_scores - top).exp()
+        shared_scores = (shared_scores - shared_top).exp()
+    total = own_scores.sum(-1, keepdim=True) + _per_row(shared_scores.sum(-1, keepdim=True), rows)
+    shared_out = _per_row(torch.bmm(shared_scores, shared_value[0].float()), rows)
+    out = torch.matmul(own_scores, value.float())
+    out = out.add_(shared_out).div_(total) if inplace else (out + shared_out) / total
+    out = out.to(query.dtype).reshape(rows, heads, q, dim)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _per_row(flat: torch.Tensor, rows: int) -> torch.Tensor:
+    """``(kv_heads, rows * n, k)`` -> ``(rows, kv_heads, n, k)``: the shared part's layout
+    (rows folded into one product per head) back to the rows' own."""
+    kv_heads, _, k = flat.shape
+    return flat.reshape(kv_heads, rows, -1, k).transpose(0, 1)
 
 
 AttentionInterface.register(NAME, shared_attention)

@@ -210,7 +210,8 @@ def test_evaluation_decodes_with_its_own_loop(lm, monkeypatch) -> None:
     assert len(task.generate_text(model, ids, mask)) == len(QUESTIONS)
 
 
-def test_shared_attention_equals_attention_over_the_repeated_opening() -> None:
+@pytest.mark.parametrize("grad", [True, False], ids=["recorded", "in-place"])
+def test_shared_attention_equals_attention_over_the_repeated_opening(grad: bool) -> None:
     from types import SimpleNamespace
 
     from ftlight.speed import cascade
@@ -224,9 +225,10 @@ def test_shared_attention_equals_attention_over_the_repeated_opening() -> None:
     allowed[1, ..., :2] = False  # row 1 is left-padded by two tokens
     token = cascade._SHARED.set(opening)
     try:
-        got, _ = cascade.shared_attention(
-            SimpleNamespace(layer_idx=0), query, keys, values, allowed, scaling=0.3
-        )
+        with torch.set_grad_enabled(grad):
+            got, _ = cascade.shared_attention(
+                SimpleNamespace(layer_idx=0), query, keys, values, allowed, scaling=0.3
+            )
     finally:
         cascade._SHARED.reset(token)
     full_k = torch.cat([opening[0][0].expand(rows, -1, -1, -1), keys], dim=2)
