@@ -27,22 +27,27 @@ def merged_lora(model: nn.Module) -> Iterator[int]:
     Layers that cannot be merged exactly as a weight swap (quantised or sharded base
     weights, DoRA, embeddings, convolutions) keep running unmerged.
     """
-    swaps: list[tuple[nn.Module, nn.Module, nn.Parameter, list[str]]] = []
+    swaps: list[tuple[nn.Module, nn.Module, nn.Parameter | None, list[str]]] = []
     try:
         for layer in _mergeable(model):
             base = layer.get_base_layer()
             weight = base.weight
             adapters = [a for a in layer.active_adapters if a in layer.lora_A]
-            merged = weight.detach().float()
-            for name in adapters:
-                merged = merged + layer.get_delta_weight(name).float()
-            base.weight = nn.Parameter(merged.to(weight.dtype), requires_grad=False)
-            swaps.append((layer, base, weight, adapters))
+            deltas = [layer.get_delta_weight(name) for name in adapters]
+            if any(bool(d.any()) for d in deltas):
+                merged = weight.detach().float()
+                for delta in deltas:
+                    merged = merged + delta.float()
+                base.weight = nn.Parameter(merged.to(weight.dtype), requires_grad=False)
+                swaps.append((layer, base, weight, adapters))
+            else:  # an untrained adapter (B = 0) adds exactly nothing: no copy of the weight
+                swaps.append((layer, base, None, adapters))
             layer.merged_adapters.extend(adapters)  # PEFT then runs the base layer only
         yield len(swaps)
     finally:
         for layer, base, weight, adapters in reversed(swaps):
-            base.weight = weight
+            if weight is not None:
+                base.weight = weight
             for name in adapters:
                 layer.merged_adapters.remove(name)
 

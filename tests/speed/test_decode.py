@@ -142,6 +142,23 @@ def test_merged_lora_scores_the_same_and_restores_every_weight(tiny_chat_llama) 
         assert p is original and torch.equal(p, value), name  # same object, same bits
 
 
+def test_an_untrained_adapter_is_skipped_without_copying_weights(tiny_chat_llama) -> None:
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float(),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]),
+    )  # B = 0: the adapters add nothing yet
+    ids = torch.arange(3, 40).reshape(1, -1)
+    weights = [layer.get_base_layer().weight for layer in _lora_layers(model)]
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with merged_lora(model) as n:
+            assert n == len(weights) and all(layer.merged for layer in _lora_layers(model))
+            assert [layer.get_base_layer().weight for layer in _lora_layers(model)] == weights
+            skipped = model(input_ids=ids).logits
+    assert torch.equal(skipped, unmerged)  # the branch added exact zeros
+    assert not any(layer.merged for layer in _lora_layers(model))
+
+
 def test_merged_lora_is_undone_when_the_block_fails(tiny_chat_llama) -> None:
     model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float())
     weights = [layer.get_base_layer().weight for layer in _lora_layers(model)]
