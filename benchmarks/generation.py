@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--repeats", type=int, default=1, help="round robin; each keeps its fastest")
     p.add_argument("--rows", type=int, default=50, help="held-out tickets (data.val_size)")
-    p.add_argument("--batch-size", type=int, default=16, help="data.eval_batch_size")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="data.eval_batch_size (default: the demo's)"
+    )
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--json", type=Path, help="also write the results here")
     opts = p.parse_args(argv)
@@ -112,7 +114,7 @@ def _setup(opts: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]], An
         f"model={opts.model}",
         f"trainer.precision={precision}",
         f"data.val_size={opts.rows}",
-        f"data.eval_batch_size={opts.batch_size}",
+        *([f"data.eval_batch_size={opts.batch_size}"] if opts.batch_size else []),
         "eval.general=null",
         "logger=none",
     ]

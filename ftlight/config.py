@@ -14,7 +14,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
-from ftlight.speed.hardware import cpu_has_fast_bf16
+from ftlight.speed.hardware import cpu_bf16_pays
 from ftlight.strategies.registry import conf_packages
 
 CONF_DIR = str(files("ftlight.conf"))
@@ -71,7 +71,8 @@ def world_size(devices: int | str, num_nodes: int | str = 1) -> int:
 
 
 def best_precision(accelerator: str = "cpu") -> str:
-    """``bf16-mixed`` where the hardware runs bf16 matmuls fast, else ``32-true``."""
+    """``bf16-mixed`` where the hardware runs bf16 matmuls faster than fp32, else ``32-true``
+    (``16-mixed`` on GPUs without bf16)."""
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+    return "bf16-mixed" if cpu_bf16_pays() else "32-true"

@@ -5,9 +5,10 @@ fixed instruction, and in few-shot scoring the same worked examples. Those token
 loss, yet a plain forward pass computes them once per row. ``shared_prefix_length`` finds the
 tokens that every row of a batch starts with, unpadded and not needed for any logit;
 ``forward_with_shared_prefix`` runs them once (batch 1) and then the rest of every row on top
-of their keys and values: one copy that every row attends to, for the model families
-``ftlight.speed.cascade`` knows, else a copy per row. Gradients flow back through them, so a
-training step gets the same loss and gradients as the plain pass (up to float rounding), at
+of their keys and values: in scoring passes one copy that every row attends to, for the model
+families ``ftlight.speed.cascade`` knows, else (and in training) a copy per row. Gradients flow
+back through them, so a training step gets the same loss and gradients as the plain pass (up
+to float rounding), at
 the cost of ``shared + rows x rest`` tokens instead of ``rows x length``. One difference:
 dropout inside the shared part draws one mask for all rows of the batch.
 
@@ -113,7 +114,10 @@ def forward_with_shared_prefix(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     positions = torch.arange(shared, length, device=input_ids.device).expand(rows, -1)
-    if cascade.supports(model):  # the opening stays one copy (``ftlight.speed.cascade``)
+    # without a gradient (scoring) the opening stays one copy (``ftlight.speed.cascade``): wide
+    # evaluation batches would otherwise repeat it per row; a training step's few rows repeat
+    # it, which ran faster (SDPA) than attending to one copy with the gradient recorded
+    if not torch.is_grad_enabled() and cascade.supports(model):
         opening = [(layer.keys, layer.values) for layer in cache.layers]
         own = attention_mask[:, shared:].bool()
         width = own.shape[1]

@@ -101,3 +101,34 @@ def test_mfu_is_measured_against_the_runs_own_precision(precision: str, dtype) -
     from ftlight.speed.throughput import compute_dtype
 
     assert compute_dtype(precision) == dtype
+
+
+@pytest.mark.parametrize(
+    ("flags", "bf16", "fp32", "chosen"),
+    [
+        (True, 400e9, 200e9, "bf16-mixed"),  # bf16 twice as fast: autocast pays
+        (True, 160e9, 300e9, "32-true"),  # instructions present, multiplies slower
+        (True, 220e9, 200e9, "32-true"),  # within the margin: not worth the casts
+        (False, 400e9, 200e9, "32-true"),  # no native bf16: not even measured
+    ],
+)
+def test_cpu_precision_follows_the_measured_matmul_peaks(
+    monkeypatch, flags: bool, bf16: float, fp32: float, chosen: str
+) -> None:
+    from ftlight.config import best_precision
+    from ftlight.speed import hardware
+
+    measured = []
+
+    def peak(device, dtype=None, remeasure=False):
+        measured.append(dtype)
+        return bf16 if dtype == torch.bfloat16 else fp32
+
+    monkeypatch.setattr(perf, "peak_flops", peak)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: flags)
+    hardware.cpu_bf16_pays.cache_clear()
+    try:
+        assert best_precision("cpu") == chosen
+        assert bool(measured) == flags
+    finally:
+        hardware.cpu_bf16_pays.cache_clear()
