@@ -20,10 +20,7 @@ import torch
 from torch import nn
 
 from ftlight.speed import cascade
-from ftlight.speed.prefix import cache_argument, new_cache, takes_argument
-
-#: a common prompt prefix shorter than this is not worth a separate forward pass
-MIN_SHARED_PREFIX = 8
+from ftlight.speed.prefix import MIN_SHARED_PREFIX, cache_argument, new_cache, takes_argument
 
 
 @torch.no_grad()
