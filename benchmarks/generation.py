@@ -9,17 +9,22 @@ evaluation batches (``data.eval_batch_size``); every system decodes greedily up 
 evaluation's token budget (``max_new_tokens: auto``) and stops each row at its end token.
 
 Systems:
-- ``ftlight``: what evaluation runs, ``greedy_decode`` (the shared prompt prefix encoded
-  once, finished rows dropped) on the model with LoRA merged (``merged_lora``);
+- ``ftlight``: what evaluation runs, ``greedy_decode`` (continuing from the scoring pass,
+  finished rows dropped, the cache appended in place) on the model with LoRA merged
+  (``merged_lora``);
 - ``hf_generate``: ``model.generate(do_sample=False)`` on the PEFT model as it is (adapters
   unmerged), which is what evaluation ran before;
 - ``hf_generate_merged``: ``model.generate`` with LoRA merged (how much of the gain is the
   merge).
 
-It prints, per system, the answer tokens (each row up to its end token), the seconds, the
-tokens per second and the ratio to ``hf_generate``, and whether every system produced the
-same tokens. llama.cpp's Python bindings are not compared: ``llama-cpp-python`` has no
-binary wheel on PyPI, only a source build.
+Each system runs what an evaluation pass runs: the scoring (loss) pass over prompt and
+reference, then generation. ftlight's decoding continues from the scoring pass's keys and
+values (every prompt is the start of its scored row), so it does not encode the prompts
+again; ``generate`` encodes them itself. It prints, per system, the answer tokens (each row
+up to its end token), the generation's seconds, tokens per second and ratio to
+``hf_generate``, the scoring pass's seconds and the two together (the evaluation pass), and
+whether every system produced the same tokens. llama.cpp's Python bindings are not compared:
+``llama-cpp-python`` has no binary wheel on PyPI, only a source build.
 """
 
 from __future__ import annotations
@@ -74,13 +79,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 best[system] = result
             outputs[system] = outs
     base = best.get("hf_generate", {}).get("tokens_per_s")
-    print(f"{'system':<20}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'vs hf_generate':>16}")
+    print(
+        f"{'system':<20}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'vs hf_generate':>16}"
+        f"{'scoring s':>11}{'evaluation s':>14}"
+    )
     for system, r in best.items():
         ratio = r["tokens_per_s"] / base if base else float("nan")
         r["ratio_to_hf_generate"] = ratio
         print(
             f"{system:<20}{r['tokens']:>8}{r['seconds']:>10.1f}{r['tokens_per_s']:>10.1f}"
-            f"{ratio:>15.2f}x"
+            f"{ratio:>15.2f}x{r['scoring_seconds']:>11.1f}{r['evaluation_seconds']:>14.1f}"
         )
     first = next(iter(outputs.values()))
     same = all(
@@ -137,6 +145,8 @@ def _setup(opts: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]], An
 
 
 def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], autocast: Any):
+    """One evaluation pass of ``system``: the scoring (loss) pass every evaluation runs, then
+    generation; ftlight's decoding continues from the scoring pass's keys and values."""
     from ftlight.speed.decode import greedy_decode
     from ftlight.speed.merge import merged_lora
     from ftlight.tasks.causal_lm import _answer_tokens
@@ -146,12 +156,24 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     merged = merged_lora(model) if system != "hf_generate" else contextlib.nullcontext()
     outs: list[torch.Tensor] = []
+    scoring = generating = 0.0
+    task.prefix_sharing = True
+    task.generation_follows = system == "ftlight"
     with torch.inference_mode(), autocast, merged:
-        start = time.perf_counter()
         for b in batches:
+            start = time.perf_counter()
+            scored = task.evaluation_outputs(
+                model, {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+            )
+            middle = time.perf_counter()
             ids, mask = b["gen_input_ids"], b["gen_attention_mask"]
             if system == "ftlight":
-                new = greedy_decode(model, ids, mask, task.max_new_tokens, eos, pad)
+                prompted = scored.prompts and scored.prompts.prompted(
+                    model, scored.predictions, b["input_ids"], ids, mask
+                )
+                new = greedy_decode(
+                    model, ids, mask, task.max_new_tokens, eos, pad, prompted=prompted
+                )
             else:
                 out = model.generate(
                     input_ids=ids,
@@ -163,9 +185,17 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
                 )
                 new = out[:, ids.shape[1] :]
             outs.append(new)
-        seconds = time.perf_counter() - start
+            scoring += middle - start
+            generating += time.perf_counter() - middle
     tokens = sum(_answer_tokens(o, eos, pad) for o in outs)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}, outs
+    result = {
+        "tokens": tokens,
+        "seconds": generating,
+        "tokens_per_s": tokens / generating,
+        "scoring_seconds": scoring,
+        "evaluation_seconds": scoring + generating,
+    }
+    return result, outs
 
 
 def _ids(value: Any) -> list[int]:

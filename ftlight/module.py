@@ -217,8 +217,9 @@ class FineTuneModule(L.LightningModule):
         with torch.compiler.set_stance("force_eager") if self.compile_blocks else nullcontext():
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
             self.task.prefix_sharing = self.share_prefix and not self.sharded
-            out = self.task.evaluation_outputs(self.model, inputs)
             gen_model = self.model if self.generate_in_eval else None
+            self.task.generation_follows = gen_model is not None
+            out = self.task.evaluation_outputs(self.model, inputs)
             self.task.update_metrics(self._metrics(), batch, out, model=gen_model)
 
     test_step = validation_step

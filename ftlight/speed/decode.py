@@ -14,13 +14,41 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from ftlight.speed import cascade
-from ftlight.speed.prefix import MIN_SHARED_PREFIX, cache_argument, new_cache, takes_argument
+from ftlight.speed.prefix import (
+    MIN_SHARED_PREFIX,
+    cache_argument,
+    encode_opening,
+    new_cache,
+    reserve,
+    takes_argument,
+)
+
+
+@dataclass
+class Prompted:
+    """Prompts already run through the model: where greedy decoding continues from.
+
+    ``greedy_decode`` builds one itself; a scoring pass over the same prompts (evaluation's
+    loss pass, ``CausalLMTask.evaluation_outputs``) can hand over its keys and values instead,
+    so the prompts are not encoded twice.
+    """
+
+    cache: DynamicCache  # every row's cached keys and values
+    valid: torch.Tensor  # (rows, cached) bool: the cached positions that are the row's prompt
+    positions: torch.Tensor  # (rows,) the position id of each row's first new token
+    first: torch.Tensor  # (rows,) each row's first new token (argmax after its prompt)
+    #: per layer, the shared opening's (keys, values) at batch 1 when kept apart from the rows'
+    #: cache (``ftlight.speed.cascade``); None when the cache holds it per row
+    opening: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
+    rows: torch.Tensor | None = None  # the output row of each cached row (default: in order)
 
 
 @torch.no_grad()
@@ -32,13 +60,31 @@ def greedy_decode(
     eos_token_ids: Sequence[int],
     pad_token_id: int,
     share_prefix: bool = True,
+    prompted: Prompted | None = None,
 ) -> torch.Tensor:
     """The new tokens for each prompt of a padded batch, as greedy ``generate`` lays them out.
 
     Returns a ``(batch, steps)`` tensor: each row's answer up to and including its first end
     token, then ``pad_token_id``; ``steps`` is the longest answer (at most
-    ``max_new_tokens``). Prompts may be padded on either side.
+    ``max_new_tokens``). Prompts may be padded on either side. ``prompted``: the prompts
+    already encoded (then ``input_ids`` only gives the batch's size).
     """
+    if prompted is None:
+        prompted = _prompt(model, input_ids, attention_mask, share_prefix, pad_token_id)
+    with contextlib.ExitStack() as scope:
+        if prompted.opening is not None:
+            scope.enter_context(cascade.attend_to_shared_prefix(model, prompted.opening))
+        return _continue(model, prompted, max_new_tokens, eos_token_ids, pad_token_id)
+
+
+def _prompt(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    share_prefix: bool,
+    pad_token_id: int,
+) -> Prompted:
+    """Every prompt through the model: the common opening once, then the rest of each."""
     device = input_ids.device
     mask = attention_mask.bool()
     prompts = [row[keep] for row, keep in zip(input_ids, mask, strict=True)]
@@ -51,35 +97,35 @@ def greedy_decode(
     cache_name = cache_argument(model) or "past_key_values"
     keep_logits = {"logits_to_keep": 1} if takes_argument(model, "logits_to_keep") else {}
     cache = new_cache(model)
-    separate = False  # the opening kept once, outside the rows' cache (``cascade``)
+    opening = None
+    if shared and cascade.supports(model):  # the opening once, kept apart
+        opening = encode_opening(model, prompts[0][None], shared)
+    elif shared:  # every row's cache starts from a copy of it
+        model(
+            input_ids=prompts[0][None, :shared],
+            **{cache_name: cache},
+            use_cache=True,
+            **keep_logits,
+        )
+        cache.batch_repeat_interleave(batch)
+    # the rest of each prompt, left-padded, after the shared part: [shared][pad][rest]
+    rests = [p[shared:] for p in prompts]
+    width = max(len(r) for r in rests)
+    ids = torch.full((batch, width), pad_token_id, dtype=input_ids.dtype, device=device)
+    own = torch.zeros((batch, width), dtype=torch.bool, device=device)
+    for i, rest in enumerate(rests):
+        ids[i, width - len(rest) :] = rest
+        own[i, width - len(rest) :] = True
+    positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
     with contextlib.ExitStack() as scope:
-        if shared:  # the common opening, once
-            model(
-                input_ids=prompts[0][None, :shared],
-                **{cache_name: cache},
-                use_cache=True,
-                **keep_logits,
-            )
-            if cascade.supports(model):
-                opening = [(layer.keys, layer.values) for layer in cache.layers]
-                scope.enter_context(cascade.attend_to_shared_prefix(model, opening))
-                cache, separate = new_cache(model), True
-            else:  # every row's cache starts from a copy of it
-                cache.batch_repeat_interleave(batch)
-        # the rest of each prompt, left-padded, after the shared part: [shared][pad][rest]
-        rests = [p[shared:] for p in prompts]
-        width = max(len(r) for r in rests)
-        ids = torch.full((batch, width), pad_token_id, dtype=input_ids.dtype, device=device)
-        own = torch.zeros((batch, width), dtype=torch.long, device=device)
-        for i, rest in enumerate(rests):
-            ids[i, width - len(rest) :] = rest
-            own[i, width - len(rest) :] = 1
-        positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
-        if separate:  # 4-D: causal over the rows' own tokens, padding masked
+        if opening is not None:  # 4-D: causal over the rows' own tokens, padding masked
+            scope.enter_context(cascade.attend_to_shared_prefix(model, opening))
             causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-            step_mask: torch.Tensor = causal[None, None] & own.bool()[:, None, None, :]
+            valid = own
+            step_mask: torch.Tensor = causal[None, None] & own[:, None, None, :]
         else:
-            step_mask = torch.cat([own.new_ones(batch, shared), own], dim=1)
+            valid = torch.cat([own.new_ones(batch, shared), own], dim=1)
+            step_mask = valid.long()
         logits = model(
             input_ids=ids,
             attention_mask=step_mask,
@@ -88,40 +134,52 @@ def greedy_decode(
             use_cache=True,
             **keep_logits,
         ).logits
-        next_position = positions[:, -1:] + 1
+    return Prompted(cache, valid, positions[:, -1] + 1, logits[:, -1].argmax(-1), opening)
 
-        eos = torch.tensor(sorted(set(eos_token_ids)), dtype=input_ids.dtype, device=device)
-        out = torch.full(
-            (batch, max_new_tokens), pad_token_id, dtype=input_ids.dtype, device=device
-        )
-        alive = torch.arange(batch, device=device)  # the original row of each batch row
-        steps = 0
-        for step in range(max_new_tokens):
-            token = logits[:, -1].argmax(-1)
-            out[alive, step] = token
-            steps = step + 1
-            going = ~torch.isin(token, eos)
-            if step + 1 == max_new_tokens or not bool(going.any()):
-                break
-            if not bool(going.all()):  # drop the rows that ended, and their cache
-                keep = going.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                alive, token = alive[keep], token[keep]
-                own, next_position = own[keep], next_position[keep]
-            own = torch.cat([own, own.new_ones(len(alive), 1)], dim=1)
-            if separate:
-                step_mask = own.bool()[:, None, None, :]
-            else:
-                step_mask = torch.cat([own.new_ones(len(alive), shared), own], dim=1)
-            logits = model(
-                input_ids=token[:, None],
-                attention_mask=step_mask,
-                position_ids=next_position,
-                **{cache_name: cache},
-                use_cache=True,
-                **keep_logits,
-            ).logits
-            next_position = next_position + 1
+
+def _continue(
+    model: nn.Module,
+    prompted: Prompted,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+) -> torch.Tensor:
+    """Greedy steps from ``prompted`` until every row has ended or the budget is spent."""
+    cache_name = cache_argument(model) or "past_key_values"
+    keep_logits = {"logits_to_keep": 1} if takes_argument(model, "logits_to_keep") else {}
+    separate = prompted.opening is not None
+    cache = prompted.cache
+    reserve(cache, max_new_tokens)  # appending writes in place, not a copy of the cache
+    token, valid = prompted.first, prompted.valid
+    device, batch = token.device, len(token)
+    alive = prompted.rows if prompted.rows is not None else torch.arange(batch, device=device)
+    next_position = prompted.positions[:, None]
+    eos = torch.tensor(sorted(set(eos_token_ids)), dtype=token.dtype, device=device)
+    out = torch.full((batch, max_new_tokens), pad_token_id, dtype=token.dtype, device=device)
+    steps = 0
+    for step in range(max_new_tokens):
+        out[alive, step] = token
+        steps = step + 1
+        going = ~torch.isin(token, eos)
+        if step + 1 == max_new_tokens or not bool(going.any()):
+            break
+        if not bool(going.all()):  # drop the rows that ended, and their cache
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, token = alive[keep], token[keep]
+            valid, next_position = valid[keep], next_position[keep]
+        valid = torch.cat([valid, valid.new_ones(len(alive), 1)], dim=1)
+        step_mask = valid[:, None, None, :] if separate else valid.long()
+        logits = model(
+            input_ids=token[:, None],
+            attention_mask=step_mask,
+            position_ids=next_position,
+            **{cache_name: cache},
+            use_cache=True,
+            **keep_logits,
+        ).logits
+        token = logits[:, -1].argmax(-1)
+        next_position = next_position + 1
     return out[:, :steps]
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ftlight.speed import cascade
 
@@ -89,28 +91,140 @@ def new_cache(model: nn.Module) -> DynamicCache:
         return DynamicCache()
 
 
+class _ReservedLayer(DynamicLayer):
+    """A cache layer whose keys and values lie at the front of a buffer with room to grow:
+    appending a token writes in place, where ``DynamicLayer`` copies the whole layer
+    (``torch.cat``) at every decoding step."""
+
+    def __init__(self, layer: DynamicLayer, room: int) -> None:
+        super().__init__()
+        self.device, self.is_initialized = layer.keys.device, True
+        self.filled = layer.keys.shape[-2]
+        self._keys = self._grown(layer.keys, room)
+        self._values = self._grown(layer.values, room)
+        self._expose()
+
+    def _grown(self, states: torch.Tensor, room: int) -> torch.Tensor:
+        buffer = states.new_empty((*states.shape[:-2], self.filled + room, states.shape[-1]))
+        buffer[..., : self.filled, :] = states[..., : self.filled, :]
+        return buffer
+
+    def _expose(self) -> None:
+        self.keys = self._keys[..., : self.filled, :]
+        self.values = self._values[..., : self.filled, :]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys and values after the cached ones; the whole cache as views."""
+        end = self.filled + key_states.shape[-2]
+        if end > self._keys.shape[-2]:  # out of room: grow by half again
+            room = max(end - self.filled, self._keys.shape[-2] // 2)
+            self._keys = self._grown(self._keys, room)
+            self._values = self._grown(self._values, room)
+        self._keys[..., self.filled : end, :] = key_states
+        self._values[..., self.filled : end, :] = value_states
+        self.filled = end
+        self._expose()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        """Tokens held."""
+        return self.filled
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows ``indices``."""
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._expose()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row ``repeats`` times."""
+        self._keys = self._keys.repeat_interleave(repeats, dim=0)
+        self._values = self._values.repeat_interleave(repeats, dim=0)
+        self._expose()
+
+
+def reserve(cache: DynamicCache, tokens: int) -> None:
+    """Make room in ``cache`` for ``tokens`` more per row, so that appending them does not
+    copy the cache (plain full-attention layers; others are left as they are)."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
+            cache.layers[i] = _ReservedLayer(layer, tokens)
+
+
+def join_caches(model: nn.Module, caches: list[DynamicCache]) -> DynamicCache | None:
+    """One cache holding the rows of ``caches`` in turn, each padded at the end to the
+    longest (padding is for the caller's mask to hide); None unless every layer is a plain
+    full-attention one."""
+    layers = [cache.layers for cache in caches]
+    if not all(
+        type(layer) is DynamicLayer and layer.is_initialized for ls in layers for layer in ls
+    ):
+        return None
+    if len(caches) == 1:
+        return caches[0]
+    joined = new_cache(model)
+    if len(joined.layers) != len(layers[0]):
+        return None
+    for i, layer in enumerate(joined.layers):
+        keys = [ls[i].keys for ls in layers]
+        values = [ls[i].values for ls in layers]
+        longest = max(k.shape[-2] for k in keys)
+        pad = [(0, 0, 0, longest - k.shape[-2]) for k in keys]
+        layer.lazy_initialization(keys[0], values[0])
+        layer.keys = torch.cat([nn.functional.pad(k, p) for k, p in zip(keys, pad, strict=True)])
+        layer.values = torch.cat(
+            [nn.functional.pad(v, p) for v, p in zip(values, pad, strict=True)]
+        )
+    return joined
+
+
+@dataclass
+class PrefixPass:
+    """A forward pass whose rows start with a shared opening (``forward_with_shared_prefix``)."""
+
+    output: Any
+    #: the rows' keys and values after the pass (``keep_cache``): their own tokens only when
+    #: ``opening`` is kept apart, else the opening repeated per row and then their own tokens
+    cache: DynamicCache | None = None
+    #: per layer, the opening's (keys, values) at batch 1, when attended to as one copy
+    opening: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def encode_opening(
+    model: nn.Module, input_ids: torch.Tensor, shared: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys and values of the first ``shared`` tokens of ``input_ids``'s first
+    row, computed at batch 1."""
+    return [(layer.keys, layer.values) for layer in _opening_cache(model, input_ids, shared).layers]
+
+
+def _opening_cache(model: nn.Module, input_ids: torch.Tensor, shared: int) -> DynamicCache:
+    cache = new_cache(model)
+    name = cache_argument(model) or "past_key_values"
+    model(input_ids=input_ids[:1, :shared], **{name: cache}, use_cache=True, logits_to_keep=1)
+    return cache
+
+
 def forward_with_shared_prefix(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     shared: int,
+    opening: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    keep_cache: bool = False,
     **kwargs: Any,
-) -> Any:
+) -> PrefixPass:
     """``model``'s output for positions ``shared:`` of every row, the first ``shared`` tokens
     (the same in every row) computed once.
 
     ``kwargs`` go to the second call (for example ``logits_to_keep`` over positions
-    ``shared:``). Rows may be right-padded; the shared part is never padding.
+    ``shared:``). Rows may be right-padded; the shared part is never padding. ``opening``
+    (from ``encode_opening``) saves computing it again for another group of the same rows;
+    ``keep_cache`` returns the rows' keys and values for decoding to continue from.
     """
     rows, length = input_ids.shape
-    cache = new_cache(model)
     name = cache_argument(model) or "past_key_values"
-    model(
-        input_ids=input_ids[:1, :shared],
-        **{name: cache},
-        use_cache=True,
-        logits_to_keep=1,
-    )
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     positions = torch.arange(shared, length, device=input_ids.device).expand(rows, -1)
@@ -118,20 +232,25 @@ def forward_with_shared_prefix(
     # evaluation batches would otherwise repeat it per row; a training step's few rows repeat
     # it, which ran faster (SDPA) than attending to one copy with the gradient recorded
     if not torch.is_grad_enabled() and cascade.supports(model):
-        opening = [(layer.keys, layer.values) for layer in cache.layers]
+        if opening is None:
+            opening = encode_opening(model, input_ids, shared)
         own = attention_mask[:, shared:].bool()
         width = own.shape[1]
         causal = torch.ones((width, width), dtype=torch.bool, device=own.device).tril()
+        cache = new_cache(model) if keep_cache else None
         with cascade.attend_to_shared_prefix(model, opening):
-            return model(
+            output = model(
                 input_ids=input_ids[:, shared:],
                 attention_mask=causal[None, None] & own[:, None, None, :],
                 position_ids=positions,
-                use_cache=False,
+                **({name: cache, "use_cache": True} if keep_cache else {"use_cache": False}),
                 **kwargs,
             )
+        return PrefixPass(output, cache, opening)
+    # a copy of the opening per row: computed here, since the cache grows in place
+    cache = _opening_cache(model, input_ids, shared)
     cache.batch_repeat_interleave(rows)
-    return model(
+    output = model(
         input_ids=input_ids[:, shared:],
         attention_mask=attention_mask,
         position_ids=positions,
@@ -139,3 +258,4 @@ def forward_with_shared_prefix(
         use_cache=True,
         **kwargs,
     )
+    return PrefixPass(output, cache if keep_cache else None)

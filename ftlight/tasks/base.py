@@ -57,6 +57,9 @@ class Task:
     #: whether a pass may run the opening every row of a batch shares once
     #: (``ftlight.speed.prefix``); the module turns it off where a step cannot reuse a cache
     prefix_sharing: bool = True
+    #: whether ``update_metrics`` will generate from the batch now being scored: the scoring
+    #: pass may then keep what generation can reuse (set by the module per pass)
+    generation_follows: bool = False
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer and learn what the evaluation references look like."""

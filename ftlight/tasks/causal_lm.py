@@ -17,9 +17,15 @@ from ftlight.data.encode import IGNORE_INDEX, encode_sft, prompt_and_reference
 from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
 from ftlight.evaluation.structured import StructuredOutputMetric
-from ftlight.speed.decode import can_decode, greedy_decode
+from ftlight.speed import cascade
+from ftlight.speed.decode import Prompted, can_decode, greedy_decode
 from ftlight.speed.prefix import (
+    PrefixPass,
+    cache_argument,
+    encode_opening,
     forward_with_shared_prefix,
+    join_caches,
+    new_cache,
     shared_prefix_length,
     takes_argument,
 )
@@ -27,8 +33,54 @@ from ftlight.tasks.base import Task
 
 AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly longer answer)
 AUTO_FALLBACK = 128  # max_new_tokens=auto without references to size it from
+#: the model inputs with which a pass may share an opening and keep a cache
+PLAIN_INPUTS = frozenset({"input_ids", "attention_mask"})
 #: most logits an evaluation forward holds at once (32 M floats: 128 MB in float32)
 EVAL_LOGITS = 2**25
+
+
+@dataclass
+class ScoredPrompts:
+    """The keys and values a scoring pass computed for its rows, which start with their
+    prompts: greedy decoding continues from them (``prompted``)."""
+
+    parts: list[tuple[torch.Tensor, PrefixPass]]  # (batch rows, their pass) per group
+    offset: int  # the first position the caches hold (the opening's length, when kept apart)
+    keep: torch.Tensor  # (rows, length) the positions whose predictions the pass made
+    order: torch.Tensor  # the batch rows in the order their predictions come
+
+    def prompted(
+        self,
+        model: nn.Module,
+        predictions: torch.Tensor,
+        row_ids: torch.Tensor,
+        prompts: torch.Tensor,
+        prompt_mask: torch.Tensor,
+    ) -> Prompted | None:
+        """Where decoding of ``prompts`` (left-padded) continues, or None when a prompt is
+        not the start of its scored row or its last token was not scored."""
+        lengths = prompt_mask.sum(1)
+        if len(lengths) != len(row_ids) or int(lengths.min()) <= self.offset:
+            return None
+        for row, prompt, keep in zip(row_ids, prompts, prompt_mask.bool(), strict=True):
+            n = int(keep.sum())
+            if n > row.shape[0] or not torch.equal(row[:n], prompt[keep]):
+                return None
+        made = self.keep[self.order].nonzero()  # (row in ``order``, position) per prediction
+        table = torch.full(self.keep.shape, -1, dtype=predictions.dtype, device=predictions.device)
+        table[self.order[made[:, 0]], made[:, 1]] = predictions
+        first = table[torch.arange(len(lengths), device=lengths.device), lengths - 1]
+        if bool((first < 0).any()):
+            return None
+        rows = torch.cat([rows for rows, _ in self.parts])
+        cache = join_caches(model, [scored.cache for _, scored in self.parts])
+        if cache is None:
+            return None
+        held = cache.get_seq_length()
+        column = torch.arange(held, device=lengths.device) + self.offset
+        valid = column[None, :] < lengths[rows, None]
+        opening = self.parts[0][1].opening if self.offset else None
+        return Prompted(cache, valid, lengths[rows], first[rows], opening, rows)
 
 
 @dataclass
@@ -38,6 +90,7 @@ class LabelledOutputs:
     loss: torch.Tensor | None
     predictions: torch.Tensor  # greedy next token at each labelled position
     targets: torch.Tensor  # the label there
+    prompts: ScoredPrompts | None = None  # what generation can continue from
 
 
 class CausalLMTask(Task):
@@ -122,17 +175,24 @@ class CausalLMTask(Task):
         ``transformers`` models accept); the loss equals the model's own. Models that do
         not take a mask fall back to their own loss, once detected.
         """
-        sliced = self._labelled_logits(model, inputs)
+        sliced = self._labelled_pass(model, inputs)
         if sliced is None:
             return super().training_loss(model, inputs)
-        logits, wanted = sliced
-        return nn.functional.cross_entropy(logits.float(), wanted)
+        scored, wanted = sliced
+        return nn.functional.cross_entropy(scored.output.logits.float(), wanted)
 
-    def _labelled_logits(
-        self, model: nn.Module, inputs: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Logits of the positions that predict a label, and those labels; None when the
-        model cannot project a subset of positions (then it computes its own loss)."""
+    def _labelled_pass(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        shared: int | None = None,
+        opening: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        keep_cache: bool = False,
+    ) -> tuple[PrefixPass, torch.Tensor] | None:
+        """The pass whose logits are those of the positions that predict a label, and those
+        labels; None when the model cannot project a subset of positions (then it computes
+        its own loss). ``shared``/``opening``: the batch's shared opening, when already
+        found (and encoded); ``keep_cache``: also return the rows' keys and values."""
         labels = inputs.get("labels")
         if (
             labels is None
@@ -140,29 +200,38 @@ class CausalLMTask(Task):
             or not takes_argument(model, "logits_to_keep")
         ):
             return None
-        targets = labels[:, 1:]
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = targets != IGNORE_INDEX
+        keep = _predicting(labels)
         rest = {k: v for k, v in inputs.items() if k != "labels"}
-        shared = 0
-        if self.prefix_sharing and set(rest) <= {"input_ids", "attention_mask"}:
-            shared = shared_prefix_length(rest["input_ids"], rest.get("attention_mask"), keep)
+        if shared is None:
+            shared = self._shared_length(rest, keep)
         if shared:
-            logits = forward_with_shared_prefix(
+            scored = forward_with_shared_prefix(
                 model,
                 rest["input_ids"],
                 rest.get("attention_mask"),
                 shared,
+                opening=opening,
+                keep_cache=keep_cache,
                 logits_to_keep=keep[:, shared:],
-            ).logits
+            )
         else:
-            logits = model(**rest, use_cache=False, logits_to_keep=keep).logits
-        wanted = targets[keep[:, :-1]]
+            cache = new_cache(model) if keep_cache else None
+            name = cache_argument(model) or "past_key_values"
+            uses = {name: cache, "use_cache": True} if keep_cache else {"use_cache": False}
+            scored = PrefixPass(model(**rest, **uses, logits_to_keep=keep), cache)
+        logits = scored.output.logits
+        wanted = labels[:, 1:][keep[:, :-1]]
         if logits.ndim != 2 or logits.shape[0] != wanted.shape[0]:
             self.sliced_loss = False  # the model sliced some other way: use its own loss
             return None
         self.sliced_loss = True
-        return logits, wanted
+        return scored, wanted
+
+    def _shared_length(self, inputs: dict[str, Any], keep: torch.Tensor) -> int:
+        """The opening every row shares, where this pass may run it once (else 0)."""
+        if not self.prefix_sharing or not set(inputs) - {"labels"} <= PLAIN_INPUTS:
+            return 0
+        return shared_prefix_length(inputs["input_ids"], inputs.get("attention_mask"), keep)
 
     def evaluation_outputs(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
         """Loss and greedy next-token predictions at the labelled positions only.
@@ -171,27 +240,58 @@ class CausalLMTask(Task):
         tensor of a run (16 rows of 256 tokens over a 49k vocabulary: 800 MB in float32),
         and most of them belong to prompt tokens, which are not scored. Only the labelled
         positions are projected, and a batch with many of them (general text, where every
-        token is labelled) in groups of rows holding at most ``EVAL_LOGITS`` logits.
+        token is labelled) in groups of rows holding at most ``EVAL_LOGITS`` logits: rows of
+        similar length together, each group cut to its longest row.
+
+        When generation follows (``generation_follows``), the pass keeps the rows' keys and
+        values: every prompt is the start of its row, so decoding continues from them instead
+        of encoding the prompts again.
         """
         labels = inputs.get("labels")
         if labels is None or self.sliced_loss is False:
             return model(**inputs, use_cache=False)
         vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
-        per_row = (labels[:, 1:] != IGNORE_INDEX).sum(1).tolist()
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        keep = _predicting(labels)
+        filled = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
+        lengths = filled.sum(1)
+        shared = self._shared_length(inputs, keep)
+        if shared >= int(lengths.min()):
+            shared = 0
+        opening = None
+        if shared and cascade.supports(model) and not torch.is_grad_enabled():
+            opening = encode_opening(model, ids, shared)  # once for every group
+        keep_cache = (
+            self.generation_follows
+            and self.generate
+            and set(inputs) <= PLAIN_INPUTS | {"labels"}
+            and can_decode(model)
+        )
+        order = torch.argsort(lengths, stable=True)
+        per_row = keep.sum(1)[order].tolist()
         total, predictions, targets = labels.new_zeros((), dtype=torch.float32), [], []
-        for rows in _row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
-            part = {k: v[rows] if torch.is_tensor(v) else v for k, v in inputs.items()}
-            sliced = self._labelled_logits(model, part)
+        parts: list[tuple[torch.Tensor, PrefixPass]] = []
+        for group in _row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
+            rows = order[group]
+            width = int(filled[rows].any(0).nonzero().max()) + 1
+            part = {k: _rows_of(v, rows, width, ids.shape) for k, v in inputs.items()}
+            sliced = self._labelled_pass(model, part, shared, opening, keep_cache)
             if sliced is None:
                 return model(**inputs, use_cache=False)
-            logits, wanted = sliced
+            scored, wanted = sliced
+            logits = scored.output.logits
             if len(wanted):
                 total = total + nn.functional.cross_entropy(logits.float(), wanted, reduction="sum")
             predictions.append(logits.argmax(-1))
             targets.append(wanted)
+            if keep_cache and scored.cache is not None:
+                parts.append((rows, scored))
         n = sum(per_row)
         loss = total / n if n else None
-        return LabelledOutputs(loss, torch.cat(predictions), torch.cat(targets))
+        prompts = None
+        if parts and len(parts) == len(predictions):
+            prompts = ScoredPrompts(parts, shared if opening is not None else 0, keep, order)
+        return LabelledOutputs(loss, torch.cat(predictions), torch.cat(targets), prompts)
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer; size generation and pick the scoring from the references.
@@ -253,9 +353,13 @@ class CausalLMTask(Task):
             metrics["loss"].update(outputs.loss.detach().float(), weight=n)
             metrics["token_accuracy"].update(correct.float() / n, weight=n)
         if model is not None and "exact_match" in metrics and "gen_input_ids" in batch:
-            predictions = self.generate_text(
-                model, batch["gen_input_ids"], batch["gen_attention_mask"]
-            )
+            ids, mask = batch["gen_input_ids"], batch["gen_attention_mask"]
+            prompted = None
+            if isinstance(outputs, LabelledOutputs) and outputs.prompts is not None:
+                prompted = outputs.prompts.prompted(
+                    model, outputs.predictions, batch["input_ids"], ids, mask
+                )
+            predictions = self.generate_text(model, ids, mask, prompted)
             refs = batch["references"]
             matches = torch.tensor(
                 [float(p.strip() == r.strip()) for p, r in zip(predictions, refs, strict=True)],
@@ -267,9 +371,14 @@ class CausalLMTask(Task):
 
     @torch.no_grad()
     def generate_text(
-        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompted: Prompted | None = None,
     ) -> list[str]:
-        """Greedy answers for left-padded prompts, decoded without special tokens."""
+        """Greedy answers for left-padded prompts, decoded without special tokens;
+        ``prompted``: the prompts already encoded (by the scoring pass)."""
         tok = self.tokenizer
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -287,6 +396,7 @@ class CausalLMTask(Task):
                 self.max_new_tokens,
                 eos,
                 pad_id,
+                prompted=prompted,
             )
         else:  # a model without a key/value cache interface: transformers' own loop
             out = model.generate(
@@ -323,6 +433,22 @@ def _row_groups(counts: list[int], limit: int) -> list[slice]:
         held += count
     groups.append(slice(start, len(counts)))
     return groups
+
+
+def _predicting(labels: torch.Tensor) -> torch.Tensor:
+    """``(rows, length)``: the positions whose next token is a label."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+def _rows_of(value: Any, rows: torch.Tensor, width: int, shape: torch.Size) -> Any:
+    """``rows`` of a batch input; a per-token one cut to its first ``width`` columns."""
+    if not torch.is_tensor(value):
+        return value
+    if value.shape[:2] == shape:
+        return value[rows, :width]
+    return value[rows]
 
 
 def _answer_tokens(new: torch.Tensor, eos: list[int], pad_id: int) -> int:

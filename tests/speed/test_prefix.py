@@ -143,3 +143,146 @@ def test_evaluation_scores_match_the_plain_pass(lm, monkeypatch, kept_once) -> N
         scores.append(task.compute_metrics(metrics))
     assert scores[1]["loss"] == pytest.approx(scores[0]["loss"], rel=1e-5)
     assert scores[1]["token_accuracy"] == scores[0]["token_accuracy"]
+
+
+def _eval_batch(tok, tickets=TICKETS) -> dict:
+    from ftlight.data.collate import EvalCollator
+
+    task = CausalLMTask()
+    rows = []
+    for text, answer in tickets:
+        messages = [
+            {"role": "user", "content": INSTRUCTION + text},
+            {"role": "assistant", "content": answer},
+        ]
+        rows.append(task.encode(SFTExample(messages), tok, None, evaluation=True)[0])
+    batch = EvalCollator(PadCollator(tok.pad_token_id))(rows)
+    batch.pop("num_tokens", None)
+    return batch
+
+
+MORE_TICKETS = [
+    *TICKETS,
+    ("I was charged twice for order 12 and nobody answers my mails", '{"category": "billing"}'),
+    ("login fails", '{"category": "account"}'),
+]
+
+
+@pytest.mark.parametrize("groups", [None, 2], ids=["one-group", "groups"])
+@pytest.mark.parametrize(
+    "opening", ["kept-once", "per-row", "not-shared"], ids=lambda o: f"opening-{o}"
+)
+def test_decoding_continues_from_the_scoring_pass(lm, monkeypatch, opening, groups) -> None:
+    """Evaluation's loss pass already ran every prompt (each is the start of its row):
+    decoding continues from its keys and values, with the same answers and scores as when it
+    encodes the prompts itself."""
+    import ftlight.speed.decode as decode
+    import ftlight.tasks.causal_lm as causal_lm
+    from ftlight.speed import cascade
+
+    model, tok = lm
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():  # larger random weights: answers that depend on the prompt
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(std=0.3)
+    monkeypatch.setattr(cascade, "supports", lambda m: opening == "kept-once")
+    if groups:  # a logits budget that splits the batch into groups of rows
+        monkeypatch.setattr(causal_lm, "EVAL_LOGITS", 30 * model.config.vocab_size)
+    batch = _eval_batch(tok, MORE_TICKETS)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    encoded = []
+    real_prompt = decode._prompt
+    monkeypatch.setattr(
+        decode, "_prompt", lambda *a, **k: encoded.append(1) or real_prompt(*a, **k)
+    )
+    results = []
+    for follows in (False, True):
+        task = CausalLMTask(max_new_tokens=10)
+        task.configure(tok, batch["references"])
+        task.prefix_sharing = opening != "not-shared"
+        task.generation_follows = follows
+        answers: list[str] = []
+        task.generate_text = _recorded(task.generate_text, answers)
+        metrics = task.metrics()
+        with torch.no_grad():
+            outputs = task.evaluation_outputs(model, inputs)
+            assert (outputs.prompts is not None) == follows
+            task.update_metrics(metrics, batch, outputs, model=model)
+        results.append((answers, task.compute_metrics(metrics), task.generated_tokens))
+    assert encoded == [1]  # only the pass without the scoring pass's cache encoded prompts
+    (plain, plain_scores, plain_tokens), (fused, fused_scores, fused_tokens) = results
+    assert fused == plain and len(set(plain)) > 1  # answers differ between prompts
+    assert fused_tokens == plain_tokens
+    assert fused_scores == pytest.approx(plain_scores, rel=1e-5)
+
+
+def _recorded(generate_text, answers: list[str]):
+    def record(*args):
+        texts = generate_text(*args)
+        answers.extend(texts)
+        return texts
+
+    return record
+
+
+def test_decoding_encodes_the_prompts_when_they_do_not_start_the_scored_rows(lm) -> None:
+    model, tok = lm
+    batch = _eval_batch(tok)
+    task = CausalLMTask(max_new_tokens=4)
+    task.configure(tok, batch["references"])
+    task.generation_follows = True
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    with torch.no_grad():
+        outputs = task.evaluation_outputs(model.eval(), inputs)
+        args = (model, outputs.predictions, batch["input_ids"])
+        prompts = outputs.prompts
+        assert prompts.prompted(*args, batch["gen_input_ids"], batch["gen_attention_mask"])
+        other = batch["gen_input_ids"].clone()
+        other[0, -1] = (other[0, -1] + 1) % model.config.vocab_size  # another last token
+        assert prompts.prompted(*args, other, batch["gen_attention_mask"]) is None
+        fewer = batch["gen_input_ids"][:-1], batch["gen_attention_mask"][:-1]
+        assert prompts.prompted(*args, *fewer) is None
+
+
+def test_a_reserved_cache_appends_in_place_as_the_plain_cache_does() -> None:
+    from transformers import DynamicCache
+
+    torch.manual_seed(0)
+    plain, reserved = DynamicCache(), DynamicCache()
+    first = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    plain.update(*first, 0)
+    reserved.update(*first, 0)
+    prefix.reserve(reserved, 2)
+    buffer = reserved.layers[0].keys.untyped_storage().data_ptr()
+    rows = 3
+    for step in range(4):  # two within the room reserved, then it grows
+        new = torch.randn(rows, 2, 1, 4), torch.randn(rows, 2, 1, 4)
+        want, got = plain.update(*new, 0), reserved.update(*new, 0)
+        for w, g in zip(want, got, strict=True):
+            assert torch.equal(w, g)
+        if step < 2:  # written into the same buffer, not copied
+            assert reserved.layers[0].keys.untyped_storage().data_ptr() == buffer
+        if step == 1:
+            plain.batch_select_indices(torch.tensor([0, 2]))
+            reserved.batch_select_indices(torch.tensor([0, 2]))
+            rows = 2
+            buffer = reserved.layers[0].keys.untyped_storage().data_ptr()
+    assert reserved.get_seq_length() == plain.get_seq_length() == 9
+    assert torch.equal(reserved.layers[0].values, plain.layers[0].values)
+
+
+def test_caches_are_joined_row_by_row_padded_to_the_longest(lm) -> None:
+    from transformers import DynamicCache
+
+    model, _ = lm
+    layers = model.config.num_hidden_layers
+    short, long = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    for i in range(layers):
+        short.update(torch.ones(2, 1, 3, 4), torch.ones(2, 1, 3, 4), i)
+        long.update(torch.full((1, 1, 5, 4), 2.0), torch.full((1, 1, 5, 4), 2.0), i)
+    joined = prefix.join_caches(model, [short, long])
+    keys = joined.layers[0].keys
+    assert keys.shape == (3, 1, 5, 4)
+    assert keys[:2, :, :3].eq(1).all() and keys[:2, :, 3:].eq(0).all() and keys[2].eq(2).all()
+    assert prefix.join_caches(model, [short]) is short
