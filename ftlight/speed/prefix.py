@@ -92,22 +92,21 @@ def new_cache(model: nn.Module) -> DynamicCache:
 
 
 class _ReservedLayer(DynamicLayer):
-    """A cache layer whose keys and values lie at the front of a buffer with room to grow:
+    """A cache layer whose keys and values lie at the front of buffers with room to grow:
     appending a token writes in place, where ``DynamicLayer`` copies the whole layer
     (``torch.cat``) at every decoding step."""
 
-    def __init__(self, layer: DynamicLayer, room: int) -> None:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
         super().__init__()
-        self.device, self.is_initialized = layer.keys.device, True
-        self.filled = layer.keys.shape[-2]
-        self._keys = self._grown(layer.keys, room)
-        self._values = self._grown(layer.values, room)
+        self.device, self.is_initialized = keys.device, True
+        self._keys, self._values, self.filled = keys, values, filled
         self._expose()
 
-    def _grown(self, states: torch.Tensor, room: int) -> torch.Tensor:
-        buffer = states.new_empty((*states.shape[:-2], self.filled + room, states.shape[-1]))
-        buffer[..., : self.filled, :] = states[..., : self.filled, :]
-        return buffer
+    @classmethod
+    def around(cls, layer: DynamicLayer, room: int) -> _ReservedLayer:
+        """``layer``'s keys and values, copied to the front of buffers ``room`` longer."""
+        filled = layer.keys.shape[-2]
+        return cls(_grown(layer.keys, filled, room), _grown(layer.values, filled, room), filled)
 
     def _expose(self) -> None:
         self.keys = self._keys[..., : self.filled, :]
@@ -120,8 +119,8 @@ class _ReservedLayer(DynamicLayer):
         end = self.filled + key_states.shape[-2]
         if end > self._keys.shape[-2]:  # out of room: grow by half again
             room = max(end - self.filled, self._keys.shape[-2] // 2)
-            self._keys = self._grown(self._keys, room)
-            self._values = self._grown(self._values, room)
+            self._keys = _grown(self._keys, self.filled, room)
+            self._values = _grown(self._values, self.filled, room)
         self._keys[..., self.filled : end, :] = key_states
         self._values[..., self.filled : end, :] = value_states
         self.filled = end
@@ -144,39 +143,56 @@ class _ReservedLayer(DynamicLayer):
         self._expose()
 
 
+def _grown(states: torch.Tensor, filled: int, room: int) -> torch.Tensor:
+    buffer = states.new_empty((*states.shape[:-2], filled + room, states.shape[-1]))
+    buffer[..., :filled, :] = states[..., :filled, :]
+    return buffer
+
+
 def reserve(cache: DynamicCache, tokens: int) -> None:
     """Make room in ``cache`` for ``tokens`` more per row, so that appending them does not
     copy the cache (plain full-attention layers; others are left as they are)."""
     for i, layer in enumerate(cache.layers):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
-            cache.layers[i] = _ReservedLayer(layer, tokens)
+            cache.layers[i] = _ReservedLayer.around(layer, tokens)
 
 
-def join_caches(model: nn.Module, caches: list[DynamicCache]) -> DynamicCache | None:
-    """One cache holding the rows of ``caches`` in turn, each padded at the end to the
-    longest (padding is for the caller's mask to hide); None unless every layer is a plain
-    full-attention one."""
-    layers = [cache.layers for cache in caches]
-    if not all(
-        type(layer) is DynamicLayer and layer.is_initialized for ls in layers for layer in ls
-    ):
-        return None
-    if len(caches) == 1:
-        return caches[0]
-    joined = new_cache(model)
-    if len(joined.layers) != len(layers[0]):
-        return None
-    for i, layer in enumerate(joined.layers):
-        keys = [ls[i].keys for ls in layers]
-        values = [ls[i].values for ls in layers]
-        longest = max(k.shape[-2] for k in keys)
-        pad = [(0, 0, 0, longest - k.shape[-2]) for k in keys]
-        layer.lazy_initialization(keys[0], values[0])
-        layer.keys = torch.cat([nn.functional.pad(k, p) for k, p in zip(keys, pad, strict=True)])
-        layer.values = torch.cat(
-            [nn.functional.pad(v, p) for v, p in zip(values, pad, strict=True)]
-        )
-    return joined
+class RowCache:
+    """A cache for ``rows`` rows, filled group by group from the caches of separate passes.
+
+    Each row keeps its first ``length`` positions (zeros where its pass held fewer: the
+    caller's mask hides them), with room for ``room`` more tokens per row. ``cache`` is None
+    when a pass's cache has layers other than plain full-attention ones.
+    """
+
+    def __init__(self, model: nn.Module, rows: int, length: int, room: int) -> None:
+        self.model, self.rows, self.length, self.room = model, rows, length, room
+        self.cache: DynamicCache | None = None
+        self.usable = True
+
+    def add(self, start: int, part: DynamicCache) -> None:
+        """``part``'s rows as rows ``start:`` of the whole."""
+        if not self.usable:
+            return
+        layers = part.layers
+        if not all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
+            self.usable, self.cache = False, None
+            return
+        if self.cache is None:
+            self.cache = new_cache(self.model)
+            if len(self.cache.layers) != len(layers):
+                self.usable, self.cache = False, None
+                return
+            for i, layer in enumerate(layers):
+                shape = (self.rows, layer.keys.shape[1], self.length + self.room)
+                keys = layer.keys.new_zeros((*shape, layer.keys.shape[-1]))
+                values = layer.values.new_zeros((*shape, layer.values.shape[-1]))
+                self.cache.layers[i] = _ReservedLayer(keys, values, self.length)
+        for mine, layer in zip(self.cache.layers, layers, strict=True):
+            n = min(self.length, layer.keys.shape[-2])
+            end = start + layer.keys.shape[0]
+            mine._keys[start:end, :, :n] = layer.keys[..., :n, :]
+            mine._values[start:end, :, :n] = layer.values[..., :n, :]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 from torchmetrics import MeanMetric, Metric
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from ftlight.data.encode import IGNORE_INDEX, encode_sft, prompt_and_reference
 from ftlight.data.formats import SFTExample
@@ -21,10 +21,10 @@ from ftlight.speed import cascade
 from ftlight.speed.decode import Prompted, can_decode, greedy_decode
 from ftlight.speed.prefix import (
     PrefixPass,
+    RowCache,
     cache_argument,
     encode_opening,
     forward_with_shared_prefix,
-    join_caches,
     new_cache,
     shared_prefix_length,
     takes_argument,
@@ -41,46 +41,41 @@ EVAL_LOGITS = 2**25
 
 @dataclass
 class ScoredPrompts:
-    """The keys and values a scoring pass computed for its rows, which start with their
-    prompts: greedy decoding continues from them (``prompted``)."""
+    """The keys and values a scoring pass computed for the prompts its rows start with:
+    greedy decoding continues from them (``prompted``)."""
 
-    parts: list[tuple[torch.Tensor, PrefixPass]]  # (batch rows, their pass) per group
-    offset: int  # the first position the caches hold (the opening's length, when kept apart)
+    cache: DynamicCache  # rows in ``order``; positions ``offset:`` of each row's prompt
+    offset: int  # the opening's length when it is kept apart (``opening``), else 0
+    opening: list[tuple[torch.Tensor, torch.Tensor]] | None
+    lengths: torch.Tensor  # (rows,) each row's prompt length: the start of its last reply
     keep: torch.Tensor  # (rows, length) the positions whose predictions the pass made
-    order: torch.Tensor  # the batch rows in the order their predictions come
+    order: torch.Tensor  # the batch rows in the order of the cache and of the predictions
 
     def prompted(
         self,
-        model: nn.Module,
         predictions: torch.Tensor,
         row_ids: torch.Tensor,
         prompts: torch.Tensor,
         prompt_mask: torch.Tensor,
     ) -> Prompted | None:
         """Where decoding of ``prompts`` (left-padded) continues, or None when a prompt is
-        not the start of its scored row or its last token was not scored."""
+        not the start of its scored row."""
         lengths = prompt_mask.sum(1)
-        if len(lengths) != len(row_ids) or int(lengths.min()) <= self.offset:
+        if not torch.equal(lengths, self.lengths):
             return None
         for row, prompt, keep in zip(row_ids, prompts, prompt_mask.bool(), strict=True):
-            n = int(keep.sum())
-            if n > row.shape[0] or not torch.equal(row[:n], prompt[keep]):
+            if not torch.equal(row[: len(prompt[keep])], prompt[keep]):
                 return None
         made = self.keep[self.order].nonzero()  # (row in ``order``, position) per prediction
         table = torch.full(self.keep.shape, -1, dtype=predictions.dtype, device=predictions.device)
         table[self.order[made[:, 0]], made[:, 1]] = predictions
         first = table[torch.arange(len(lengths), device=lengths.device), lengths - 1]
-        if bool((first < 0).any()):
+        if bool((first < 0).any()):  # a prompt's last position was not scored
             return None
-        rows = torch.cat([rows for rows, _ in self.parts])
-        cache = join_caches(model, [scored.cache for _, scored in self.parts])
-        if cache is None:
-            return None
-        held = cache.get_seq_length()
-        column = torch.arange(held, device=lengths.device) + self.offset
+        column = torch.arange(self.cache.get_seq_length(), device=lengths.device) + self.offset
+        rows = self.order
         valid = column[None, :] < lengths[rows, None]
-        opening = self.parts[0][1].opening if self.offset else None
-        return Prompted(cache, valid, lengths[rows], first[rows], opening, rows)
+        return Prompted(self.cache, valid, lengths[rows], first[rows], self.opening, rows)
 
 
 @dataclass
@@ -269,8 +264,16 @@ class CausalLMTask(Task):
         )
         order = torch.argsort(lengths, stable=True)
         per_row = keep.sum(1)[order].tolist()
+        prompt_lengths = _prompt_lengths(labels)
+        offset = shared if opening is not None else 0
+        if keep_cache and int(prompt_lengths.min()) <= offset:
+            keep_cache = False  # a prompt inside the opening: nothing of its own to continue
+        prompts = None
+        if keep_cache:  # each row's prompt positions, with room for the answer
+            prompts = RowCache(
+                model, len(order), int(prompt_lengths.max()) - offset, self.max_new_tokens
+            )
         total, predictions, targets = labels.new_zeros((), dtype=torch.float32), [], []
-        parts: list[tuple[torch.Tensor, PrefixPass]] = []
         for group in _row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
             rows = order[group]
             width = int(filled[rows].any(0).nonzero().max()) + 1
@@ -284,14 +287,17 @@ class CausalLMTask(Task):
                 total = total + nn.functional.cross_entropy(logits.float(), wanted, reduction="sum")
             predictions.append(logits.argmax(-1))
             targets.append(wanted)
-            if keep_cache and scored.cache is not None:
-                parts.append((rows, scored))
+            if prompts is not None and scored.cache is not None:
+                prompts.add(group.start, scored.cache)
+            del scored, logits
         n = sum(per_row)
         loss = total / n if n else None
-        prompts = None
-        if parts and len(parts) == len(predictions):
-            prompts = ScoredPrompts(parts, shared if opening is not None else 0, keep, order)
-        return LabelledOutputs(loss, torch.cat(predictions), torch.cat(targets), prompts)
+        scored_prompts = None
+        if prompts is not None and prompts.cache is not None:
+            scored_prompts = ScoredPrompts(
+                prompts.cache, offset, opening, prompt_lengths, keep, order
+            )
+        return LabelledOutputs(loss, torch.cat(predictions), torch.cat(targets), scored_prompts)
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer; size generation and pick the scoring from the references.
@@ -357,7 +363,7 @@ class CausalLMTask(Task):
             prompted = None
             if isinstance(outputs, LabelledOutputs) and outputs.prompts is not None:
                 prompted = outputs.prompts.prompted(
-                    model, outputs.predictions, batch["input_ids"], ids, mask
+                    outputs.predictions, batch["input_ids"], ids, mask
                 )
             predictions = self.generate_text(model, ids, mask, prompted)
             refs = batch["references"]
@@ -440,6 +446,16 @@ def _predicting(labels: torch.Tensor) -> torch.Tensor:
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     return keep
+
+
+def _prompt_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """``(rows,)``: where each row's last reply (its last run of labels) starts; 0 for a row
+    without labels."""
+    labelled = labels != IGNORE_INDEX
+    starts = labelled.clone()
+    starts[:, 1:] &= ~labelled[:, :-1]
+    columns = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+    return torch.where(starts, columns, 0).amax(1)
 
 
 def _rows_of(value: Any, rows: torch.Tensor, width: int, shape: torch.Size) -> Any:

@@ -235,7 +235,7 @@ def test_decoding_encodes_the_prompts_when_they_do_not_start_the_scored_rows(lm)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
     with torch.no_grad():
         outputs = task.evaluation_outputs(model.eval(), inputs)
-        args = (model, outputs.predictions, batch["input_ids"])
+        args = (outputs.predictions, batch["input_ids"])
         prompts = outputs.prompts
         assert prompts.prompted(*args, batch["gen_input_ids"], batch["gen_attention_mask"])
         other = batch["gen_input_ids"].clone()
@@ -272,7 +272,7 @@ def test_a_reserved_cache_appends_in_place_as_the_plain_cache_does() -> None:
     assert torch.equal(reserved.layers[0].values, plain.layers[0].values)
 
 
-def test_caches_are_joined_row_by_row_padded_to_the_longest(lm) -> None:
+def test_a_row_cache_takes_each_group_s_rows_zero_padded_with_room(lm) -> None:
     from transformers import DynamicCache
 
     model, _ = lm
@@ -280,9 +280,14 @@ def test_caches_are_joined_row_by_row_padded_to_the_longest(lm) -> None:
     short, long = DynamicCache(config=model.config), DynamicCache(config=model.config)
     for i in range(layers):
         short.update(torch.ones(2, 1, 3, 4), torch.ones(2, 1, 3, 4), i)
-        long.update(torch.full((1, 1, 5, 4), 2.0), torch.full((1, 1, 5, 4), 2.0), i)
-    joined = prefix.join_caches(model, [short, long])
-    keys = joined.layers[0].keys
-    assert keys.shape == (3, 1, 5, 4)
+        long.update(torch.full((1, 1, 6, 4), 2.0), torch.full((1, 1, 6, 4), 2.0), i)
+    rows = prefix.RowCache(model, rows=3, length=5, room=2)
+    rows.add(0, short)
+    rows.add(2, long)
+    keys = rows.cache.layers[0].keys
+    assert keys.shape == (3, 1, 5, 4)  # the longest kept: 5 of the 6 positions
     assert keys[:2, :, :3].eq(1).all() and keys[:2, :, 3:].eq(0).all() and keys[2].eq(2).all()
-    assert prefix.join_caches(model, [short]) is short
+    buffer = rows.cache.layers[0].keys.untyped_storage().data_ptr()
+    rows.cache.update(torch.zeros(3, 1, 2, 4), torch.zeros(3, 1, 2, 4), 0)  # the room
+    assert rows.cache.layers[0].keys.untyped_storage().data_ptr() == buffer
+    assert rows.cache.get_seq_length() == 7
