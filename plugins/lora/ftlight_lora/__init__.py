@@ -13,6 +13,7 @@ from torch import nn
 from ftlight.errors import ConfigError
 from ftlight.strategies import Strategy
 from ftlight.tasks import Task
+from ftlight_lora.fused import fuse
 
 log = logging.getLogger("ftlight.strategies.lora")
 
@@ -70,12 +71,14 @@ class LoRAStrategy(Strategy):
         if isinstance(model, PeftModel):
             return model
         try:
-            return get_peft_model(model, self.lora_config(model, task))
+            adapted = get_peft_model(model, self.lora_config(model, task))
         except ValueError as err:
             raise ConfigError(
                 f"strategy.target_modules={self.target_modules!r} does not fit "
                 f"{type(model).__name__}: {err}. Use 'all-linear' or names of its linear layers."
             ) from err
+        fuse(adapted)  # the adapter's product added inside the matrix product (``fused``)
+        return adapted
 
     def merged_model(self, model: nn.Module) -> nn.Module:
         """Fold the adapters into the base weights (in place) and return the plain model."""

@@ -113,3 +113,66 @@ def test_loss_falls(tmp_path) -> None:
 
 class TestConformance(core.StrategyConformance):
     strategy = "lora"
+
+
+def _lora_pair(dropout: float = 0.0):
+    """Two copies of one adapted layer stack: peft's own forward, and the fused one."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 6))
+    config = LoraConfig(
+        r=4, lora_alpha=12, target_modules=["0", "2"], lora_dropout=dropout, init_lora_weights=False
+    )
+    plain = get_peft_model(body, config)
+    fused = copy.deepcopy(plain)
+    from ftlight_lora.fused import fuse
+
+    assert fuse(fused) == 2
+    return plain, fused
+
+
+def test_fused_forward_matches_peft_in_outputs_and_gradients() -> None:
+    import torch
+
+    plain, fused = _lora_pair()
+    x = torch.randn(3, 5, 12)
+    grads = []
+    outs = []
+    for model in (plain, fused):
+        out = model(x)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-6)
+    assert grads[1].keys() == grads[0].keys() and len(grads[0]) == 4  # A and B of both layers
+    for name, grad in grads[0].items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_forward_hands_other_cases_to_peft(monkeypatch) -> None:
+    import torch
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from ftlight_lora import fused as fused_module
+
+    calls = []
+    real = LoraLinear.forward
+    monkeypatch.setattr(LoraLinear, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain, fused = _lora_pair()
+    x = torch.randn(2, 12)
+    fused(x)
+    assert calls == []  # the fused path ran
+    with fused.disable_adapter(), plain.disable_adapter():  # adapters off: peft's forward
+        torch.testing.assert_close(fused(x), plain(x))
+    assert len(calls) == 4
+    calls.clear()
+    _, with_dropout = _lora_pair(dropout=0.5)
+    with_dropout(x)
+    assert len(calls) == 2  # dropout: peft's forward
+    assert fused_module._plain_adapter(fused.base_model.model[0], x.double()) is None
