@@ -287,7 +287,9 @@ class CausalLMTask(Task):
                 total = total + nn.functional.cross_entropy(logits.float(), wanted, reduction="sum")
             predictions.append(logits.argmax(-1))
             targets.append(wanted)
-            if prompts is not None and scored.cache is not None:
+            if prompts is not None and scored.cache is None:
+                prompts = None  # a group without keys and values: decoding encodes the prompts
+            elif prompts is not None:
                 prompts.add(group.start, scored.cache)
             del scored, logits
         n = sum(per_row)
