@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--batch-size", type=int, default=None, help="data.eval_batch_size (default: the demo's)"
     )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="data.max_length (default: the demo's; 1024 for tiny-llama, whose byte-level "
+        "tokenizer makes long rows)",
+    )
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--json", type=Path, help="also write the results here")
     opts = p.parse_args(argv)
@@ -123,6 +130,7 @@ def _setup(opts: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]], An
         f"trainer.precision={precision}",
         f"data.val_size={opts.rows}",
         *([f"data.eval_batch_size={opts.batch_size}"] if opts.batch_size else []),
+        *([f"data.max_length={length}"] if (length := _max_length(opts)) else []),
         "eval.general=null",
         "logger=none",
     ]
@@ -169,7 +177,7 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
             ids, mask = b["gen_input_ids"], b["gen_attention_mask"]
             if system == "ftlight":
                 prompted = scored.prompts and scored.prompts.prompted(
-                    model, scored.predictions, b["input_ids"], ids, mask
+                    scored.predictions, b["input_ids"], ids, mask
                 )
                 new = greedy_decode(
                     model, ids, mask, task.max_new_tokens, eos, pad, prompted=prompted
@@ -196,6 +204,12 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
         "evaluation_seconds": scoring + generating,
     }
     return result, outs
+
+
+def _max_length(opts: argparse.Namespace) -> int | None:
+    if opts.max_length:
+        return opts.max_length
+    return 1024 if opts.model == "tiny-llama" else None
 
 
 def _ids(value: Any) -> list[int]:
