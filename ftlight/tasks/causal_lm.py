@@ -291,7 +291,7 @@ class CausalLMTask(Task):
                 prompts = None  # a group without keys and values: decoding encodes the prompts
             elif prompts is not None:
                 prompts.add(group.start, scored.cache)
-            del scored, logits
+            del sliced, scored, logits  # this group's keys and values are copied or unused
         n = sum(per_row)
         loss = total / n if n else None
         scored_prompts = None
