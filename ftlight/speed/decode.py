@@ -7,7 +7,9 @@ On SFT evaluation both are most of the work: prompts share most of their tokens,
 fine-tuned model ends most answers well before the slowest one. ``greedy_decode`` gives
 the same tokens as greedy ``generate`` (argmax at every step, each row stopping at its
 first end token) while encoding the common prefix once and shrinking the batch (and its
-key/value cache) as rows finish.
+key/value cache) as rows finish. The cache has room reserved for the answer, so each step
+writes its token in place instead of copying the cache; and when a scoring pass has already
+run the prompts (``Prompted``), decoding continues from its keys and values.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def greedy_decode(
     Returns a ``(batch, steps)`` tensor: each row's answer up to and including its first end
     token, then ``pad_token_id``; ``steps`` is the longest answer (at most
     ``max_new_tokens``). Prompts may be padded on either side. ``prompted``: the prompts
-    already encoded (then ``input_ids`` only gives the batch's size).
+    already encoded (``input_ids`` and ``attention_mask`` are then not read).
     """
     if prompted is None:
         prompted = _prompt(model, input_ids, attention_mask, share_prefix, pad_token_id)
