@@ -29,6 +29,7 @@ from ftlight.speed.prefix import (
     cache_argument,
     encode_opening,
     new_cache,
+    opening_cache,
     reserve,
     takes_argument,
 )
@@ -103,12 +104,7 @@ def _prompt(
     if shared and cascade.supports(model):  # the opening once, kept apart
         opening = encode_opening(model, prompts[0][None], shared)
     elif shared:  # every row's cache starts from a copy of it
-        model(
-            input_ids=prompts[0][None, :shared],
-            **{cache_name: cache},
-            use_cache=True,
-            **keep_logits,
-        )
+        cache = opening_cache(model, prompts[0][None], shared)
         cache.batch_repeat_interleave(batch)
     # the rest of each prompt, left-padded, after the shared part: [shared][pad][rest]
     rests = [p[shared:] for p in prompts]

@@ -212,13 +212,15 @@ def encode_opening(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the keys and values of the first ``shared`` tokens of ``input_ids``'s first
     row, computed at batch 1."""
-    return [(layer.keys, layer.values) for layer in _opening_cache(model, input_ids, shared).layers]
+    return [(layer.keys, layer.values) for layer in opening_cache(model, input_ids, shared).layers]
 
 
-def _opening_cache(model: nn.Module, input_ids: torch.Tensor, shared: int) -> DynamicCache:
+def opening_cache(model: nn.Module, input_ids: torch.Tensor, shared: int) -> DynamicCache:
+    """A cache holding the first ``shared`` tokens of ``input_ids``'s first row (batch 1)."""
     cache = new_cache(model)
     name = cache_argument(model) or "past_key_values"
-    model(input_ids=input_ids[:1, :shared], **{name: cache}, use_cache=True, logits_to_keep=1)
+    keep = {"logits_to_keep": 1} if takes_argument(model, "logits_to_keep") else {}
+    model(input_ids=input_ids[:1, :shared], **{name: cache}, use_cache=True, **keep)
     return cache
 
 
@@ -264,7 +266,7 @@ def forward_with_shared_prefix(
             )
         return PrefixPass(output, cache, opening)
     # a copy of the opening per row: computed here, since the cache grows in place
-    cache = _opening_cache(model, input_ids, shared)
+    cache = opening_cache(model, input_ids, shared)
     cache.batch_repeat_interleave(rows)
     output = model(
         input_ids=input_ids[:, shared:],
