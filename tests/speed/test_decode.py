@@ -181,6 +181,8 @@ def _lora_layers(model):
 
 
 def test_scoring_passes_run_merged_and_training_does_not(compose, tmp_path) -> None:
+    """Scoring skips the untrained adapters (before training) and runs the trained ones of
+    the ``lora`` strategy's fused layers inside their products; training never merges."""
     import lightning as L
 
     from ftlight.build import build_run
@@ -199,13 +201,13 @@ def test_scoring_passes_run_merged_and_training_does_not(compose, tmp_path) -> N
     weights = dict(run.module.model.named_parameters())
     run.trainer.fit(run.module, datamodule=run.data)
     run.evaluate("validation")
-    # scoring passes merged; training, and the validation inside fit, unmerged
+    # before training every (zero) adapter is skipped; trained fused adapters stay unmerged
     assert seen == [
         ("eval", True),
         ("train", False),
         ("train", False),
         ("eval", False),
-        ("eval", True),
+        ("eval", False),
     ]
     after = dict(run.module.model.named_parameters())
     assert all(after[n] is p for n, p in weights.items())  # the same parameter objects

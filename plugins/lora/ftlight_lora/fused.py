@@ -10,7 +10,9 @@ scaling then only touches the ``r``-wide gradients.
 
 ``fuse`` installs that forward on every plain LoRA linear layer of a model. Each call still
 checks that it applies (one active vanilla adapter, no dropout, not merged, no extra
-arguments) and hands anything else to peft's own forward.
+arguments) and hands anything else to peft's own forward. It also marks the layer
+(``ADAPTER_IN_PRODUCT``), so that evaluation runs its trained adapter this way instead of
+folding it into a copy of the layer's weight (``ftlight.speed.merge``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch
 from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 
+from ftlight.speed.merge import ADAPTER_IN_PRODUCT
+
 
 def fuse(model: nn.Module) -> int:
     """Give every plain LoRA linear layer of ``model`` the fused forward; returns how many."""
@@ -29,6 +33,7 @@ def fuse(model: nn.Module) -> int:
     for module in model.modules():
         if type(module) is LoraLinear and type(module.get_base_layer()) is nn.Linear:
             module.forward = types.MethodType(_forward, module)
+            setattr(module, ADAPTER_IN_PRODUCT, True)
             count += 1
     return count
 

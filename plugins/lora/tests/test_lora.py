@@ -176,3 +176,27 @@ def test_fused_forward_hands_other_cases_to_peft(monkeypatch) -> None:
     with_dropout(x)
     assert len(calls) == 2  # dropout: peft's forward
     assert fused_module._plain_adapter(fused.base_model.model[0], x.double()) is None
+
+
+def test_evaluation_keeps_fused_trained_adapters_without_copying_weights() -> None:
+    """A fused layer's trained adapter runs inside its product when scoring (no merged copy of
+    the weight); an adapter that is still zero is skipped as before."""
+    import torch
+
+    from ftlight.speed.merge import merged_lora
+
+    plain, fused = _lora_pair()  # init_lora_weights=False: B is not zero
+    layers = [fused.base_model.model[0], fused.base_model.model[2]]
+    weights = [layer.get_base_layer().weight for layer in layers]
+    x = torch.randn(2, 12)
+    with torch.no_grad(), merged_lora(fused) as n:
+        assert n == 0 and not any(layer.merged for layer in layers)
+        assert [layer.get_base_layer().weight for layer in layers] == weights
+        torch.testing.assert_close(fused(x), plain(x))
+    with merged_lora(plain) as n:  # peft's own forward: merged into a copy
+        assert n == 2 and plain.base_model.model[0].get_base_layer().weight is not weights[0]
+    for layer in layers:
+        torch.nn.init.zeros_(layer.lora_B["default"].weight)
+    with merged_lora(fused) as n:  # untrained: skipped, base layer only
+        assert n == 2 and all(layer.merged for layer in layers)
+        assert [layer.get_base_layer().weight for layer in layers] == weights
