@@ -158,6 +158,7 @@ def _setup(opts: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]], An
 def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], autocast: Any):
     """One evaluation pass of ``system``: the scoring (loss) pass every evaluation runs, then
     generation; ftlight's decoding continues from the scoring pass's keys and values."""
+    from ftlight.speed.attention import grouped_kv
     from ftlight.speed.decode import greedy_decode
     from ftlight.speed.merge import merged_lora
     from ftlight.tasks.causal_lm import _answer_tokens
@@ -176,7 +177,9 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
     task.prefix_sharing = True
     ours = system.startswith("ftlight")
     task.generation_follows = ours
-    with torch.inference_mode(), autocast, merged:
+    # evaluation passes grouped key/value heads to PyTorch's attention on a CPU (``grouped_kv``)
+    grouped = grouped_kv(next(model.parameters()).device.type) if ours else contextlib.nullcontext()
+    with torch.inference_mode(), autocast, merged, grouped:
         for b in batches:
             start = time.perf_counter()
             scored = task.evaluation_outputs(

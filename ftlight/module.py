@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from ftlight.errors import ConfigError
-from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel
+from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel, grouped_kv
 from ftlight.speed.lowp import cast_frozen_linears
 from ftlight.speed.merge import merged_lora
 from ftlight.strategies.base import Strategy
@@ -155,7 +155,7 @@ class FineTuneModule(L.LightningModule):
         self.task.prefix_sharing = self.share_prefix and not (
             self.activation_checkpointing or self.compile_blocks or self.sharded
         )
-        with attention_kernel(self._step_kernel):
+        with attention_kernel(self._step_kernel), grouped_kv(self.device.type):
             loss = self.task.training_loss(
                 self.model, {k: batch[k] for k in MODEL_INPUTS if k in batch}
             )
@@ -165,7 +165,7 @@ class FineTuneModule(L.LightningModule):
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Backward under the step's attention kernel (activation checkpointing recomputes
         the forward here, and must take the same kernel)."""
-        with attention_kernel(self._step_kernel):
+        with attention_kernel(self._step_kernel), grouped_kv(self.device.type):
             super().backward(loss, *args, **kwargs)
 
     def _choose_kernel(self, batch: dict[str, Any]) -> str | None:
@@ -214,7 +214,8 @@ class FineTuneModule(L.LightningModule):
         """Loss and task metrics; generation-based scores during before/after evaluation."""
         # compiled blocks are for training: evaluation shapes (generation's one-token steps
         # with a cache) would only pay for more compilation
-        with torch.compiler.set_stance("force_eager") if self.compile_blocks else nullcontext():
+        eager = torch.compiler.set_stance("force_eager") if self.compile_blocks else nullcontext()
+        with eager, grouped_kv(self.device.type):
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
             self.task.prefix_sharing = self.share_prefix and not self.sharded
             gen_model = self.model if self.generate_in_eval else None

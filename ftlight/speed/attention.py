@@ -7,15 +7,23 @@ performance section). ``auto`` therefore takes the math kernel
 for bf16 steps on a CPU whose padded length is at most ``MATH_MAX_LENGTH`` and whose
 attention scores stay small (the math kernel keeps them for the backward pass), and leaves
 every other step to PyTorch.
+
+Models with fewer key/value heads than query heads (grouped-query attention: Llama 3,
+SmolLM2, Qwen, Mistral) are handed to PyTorch with their grouped heads on a CPU
+(``grouped_kv``). transformers otherwise copies each key/value head once per query head
+(``repeat_kv``) whenever a step carries an attention mask, as every padded batch does: a
+copy in forward, a sum in backward, and the copies kept for the backward pass.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.torch_version import TorchVersion
 
 from ftlight.errors import ConfigError
 
@@ -27,6 +35,11 @@ MATH_MAX_LENGTH = 256
 
 MATH_MAX_SCORES = 2**24
 """Most attention scores (batch x heads x length^2) per layer for which ``auto`` takes it."""
+
+GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
+"""transformers' switch for passing grouped key/value heads to PyTorch's attention as they are."""
+
+_OLD_TORCH = TorchVersion(torch.__version__) < (2, 5)  # no ``enable_gqa`` before 2.5
 
 
 def check_kernel(setting: str) -> str:
@@ -67,3 +80,22 @@ def attention_kernel(kernel: str | None) -> Iterator[None]:
     backend = SDPBackend.MATH if kernel == "math" else SDPBackend.FLASH_ATTENTION
     with sdpa_kernel([backend]):
         yield
+
+
+@contextlib.contextmanager
+def grouped_kv(device_type: str) -> Iterator[None]:
+    """On a CPU, run the block with transformers' SDPA attention passing grouped key/value
+    heads to ``scaled_dot_product_attention`` (``enable_gqa``) even under an attention mask.
+
+    Elsewhere the block runs as it is: on CUDA a mask with ``enable_gqa`` falls back to the
+    math kernel, which is why transformers expands the heads there. A value the user set for
+    ``TRANSFORMERS_SDPA_FORCE_GQA`` is left alone.
+    """
+    if device_type != "cpu" or GQA_SWITCH in os.environ or _OLD_TORCH:
+        yield
+        return
+    os.environ[GQA_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(GQA_SWITCH, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import lightning as L
@@ -10,7 +11,13 @@ import torch
 
 import ftlight.speed.attention
 from ftlight.errors import ConfigError
-from ftlight.speed.attention import MATH_MAX_LENGTH, attention_kernel, choose_kernel
+from ftlight.speed.attention import (
+    GQA_SWITCH,
+    MATH_MAX_LENGTH,
+    attention_kernel,
+    choose_kernel,
+    grouped_kv,
+)
 
 BF16 = torch.bfloat16
 
@@ -131,3 +138,96 @@ def test_recomputation_takes_the_steps_kernel(helpers, tmp_path) -> None:
     assert all(math_only for _, math_only in ckpt.calls)
     assert len(ckpt.calls) == 2 * len(plain.calls)  # every forward ran again in backward
     assert ckpt_run.losses == pytest.approx(plain_run.losses, abs=1e-5)
+
+
+def test_grouped_kv_switch_is_set_on_cpu_only_inside_the_block(monkeypatch) -> None:
+    import os
+
+    monkeypatch.delenv(GQA_SWITCH, raising=False)
+    with grouped_kv("cpu"):
+        assert os.environ[GQA_SWITCH] == "1"
+    assert GQA_SWITCH not in os.environ
+    with pytest.raises(RuntimeError), grouped_kv("cpu"):
+        raise RuntimeError("a failing step")
+    assert GQA_SWITCH not in os.environ
+    with grouped_kv("cuda"):  # a mask with enable_gqa takes CUDA's slow math kernel
+        assert GQA_SWITCH not in os.environ
+    monkeypatch.setenv(GQA_SWITCH, "0")  # the user's choice stands
+    with grouped_kv("cpu"):
+        assert os.environ[GQA_SWITCH] == "0"
+    assert os.environ[GQA_SWITCH] == "0"
+
+
+def _count_repeat_kv(monkeypatch) -> list[int]:
+    import transformers.integrations.sdpa_attention as sdpa
+
+    calls: list[int] = []
+    real = sdpa.repeat_kv
+    monkeypatch.setattr(sdpa, "repeat_kv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_grouped_heads_give_the_expanded_heads_results(tiny_chat_llama, monkeypatch) -> None:
+    """A padded batch of a grouped-query model: the same logits and gradients with the
+    key/value heads passed grouped as with transformers' per-query-head copies."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.delenv(GQA_SWITCH, raising=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_llama, attn_implementation="sdpa")
+    model = model.float()
+    config = model.config
+    assert config.num_key_value_heads < config.num_attention_heads
+    ids = torch.randint(3, config.vocab_size, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    mask[2, 12:] = 0  # right padding
+    calls = _count_repeat_kv(monkeypatch)
+    results = []
+    for block in (contextlib.nullcontext(), grouped_kv("cpu")):
+        model.zero_grad()
+        with block:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        logits[mask.bool()].logsumexp(-1).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((logits.detach(), grads, len(calls)))
+    (expanded, expanded_grads, copies), (grouped, grouped_grads, after) = results
+    assert copies == 2 * config.num_hidden_layers  # keys and values of every layer
+    assert after == copies  # none when grouped
+    valid = mask.bool()
+    torch.testing.assert_close(grouped[valid], expanded[valid], rtol=1e-5, atol=1e-5)
+    for g, e in zip(grouped_grads, expanded_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+class CopiesPerStep(L.Callback):
+    """How many key/value copies each training step made (forward and backward)."""
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls, self.per_step, self._start = calls, [], 0
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._start = len(self.calls)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.per_step.append(len(self.calls) - self._start)
+
+
+@pytest.mark.parametrize("switch", [None, "0"], ids=["default", "user-off"])
+def test_cpu_training_steps_pass_grouped_heads(helpers, tmp_path, monkeypatch, switch) -> None:
+    """Training steps on a CPU make no per-query-head copies of the keys and values, unless
+    the user turned transformers' switch off."""
+    if switch is None:
+        monkeypatch.delenv(GQA_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(GQA_SWITCH, switch)
+    probe = CopiesPerStep(_count_repeat_kv(monkeypatch))
+    cfg = helpers.compose(
+        [*RUN[:3], "trainer.max_steps=2", "data.batch_size=2"], tmp_path, "causal_lm"
+    )
+    helpers.fit(cfg, callbacks=[probe])
+    assert len(probe.per_step) == 2
+    if switch is None:
+        assert probe.per_step == [0, 0]
+    else:  # keys and values of every layer: the shared opening's pass and the rows' pass
+        assert all(n >= 2 * 2 for n in probe.per_step), probe.per_step
