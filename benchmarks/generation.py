@@ -223,15 +223,14 @@ def _merged_copies(model: Any):
     """``merged_lora`` folding every trained adapter into a weight copy, fused layers too."""
     from ftlight.speed.merge import ADAPTER_IN_PRODUCT, merged_lora
 
-    fused = [m for m in model.modules() if getattr(m, ADAPTER_IN_PRODUCT, False)]
-    for m in fused:
-        setattr(m, ADAPTER_IN_PRODUCT, False)
+    checks = {m: m.__dict__.pop(ADAPTER_IN_PRODUCT) for m in model.modules()
+              if ADAPTER_IN_PRODUCT in m.__dict__}  # fmt: skip
     try:
         with merged_lora(model) as n:
             yield n
     finally:
-        for m in fused:
-            setattr(m, ADAPTER_IN_PRODUCT, True)
+        for m, check in checks.items():
+            setattr(m, ADAPTER_IN_PRODUCT, check)
 
 
 def _max_length(opts: argparse.Namespace) -> int | None:

@@ -9,10 +9,10 @@ new tensor and the original parameter object is put back untouched.
 
 A merged copy costs the adapted weights' full size in memory (about 430 MB for SmolLM2-135M
 in fp32, every linear layer adapted). A layer that adds its adapter inside its own matrix
-product (marked with :data:`ADAPTER_IN_PRODUCT`, as the ``lora`` strategy's fused forward
-is) keeps its trained adapter instead: on the demo's 50 held-out tickets that decoded 1.2 s
-slower per evaluation pass and saved the copy. An adapter that is still zero (before
-training) is skipped by every layer, without a copy.
+product (its :data:`ADAPTER_IN_PRODUCT` check says so, as the ``lora`` strategy's fused
+forward does) keeps its trained adapter instead: an evaluation pass of the demo's 50 held-out
+tickets took 20.3 s against 18.8 s with merged copies (fp32, AVX2) and saved the copy. An
+adapter that is still zero (before training) is skipped by every layer, without a copy.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
-#: attribute a LoRA layer carries (True) when its forward adds the adapter inside the base
-#: layer's matrix product, so that running it unmerged costs little beside a merged copy
+#: attribute of a LoRA layer whose forward can add the adapter inside the base layer's matrix
+#: product: a no-argument callable, True when it does so for the layer's adapter as it stands
 ADAPTER_IN_PRODUCT = "ftlight_adapter_in_product"
 
 
@@ -37,7 +37,7 @@ def merged_lora(model: nn.Module) -> Iterator[int]:
 
     Layers that cannot be merged exactly as a weight swap (quantised or sharded base
     weights, DoRA, embeddings, convolutions) keep running unmerged, and so do trained
-    adapters of layers marked :data:`ADAPTER_IN_PRODUCT` (no copy of their weights).
+    adapters whose layer computes them inside its product (:data:`ADAPTER_IN_PRODUCT`).
     """
     swaps: list[tuple[nn.Module, nn.Module, nn.Parameter | None, list[str]]] = []
     try:
@@ -46,7 +46,8 @@ def merged_lora(model: nn.Module) -> Iterator[int]:
             weight = base.weight
             adapters = [a for a in layer.active_adapters if a in layer.lora_A]
             if any(bool(layer.lora_B[name].weight.any()) for name in adapters):
-                if getattr(layer, ADAPTER_IN_PRODUCT, False):
+                in_product = getattr(layer, ADAPTER_IN_PRODUCT, None)
+                if in_product is not None and in_product():
                     continue  # computed inside the base product: cheaper than a copy
                 deltas = [layer.get_delta_weight(name) for name in adapters]
                 merged = weight.detach().float()

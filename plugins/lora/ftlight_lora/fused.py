@@ -10,9 +10,10 @@ scaling then only touches the ``r``-wide gradients.
 
 ``fuse`` installs that forward on every plain LoRA linear layer of a model. Each call still
 checks that it applies (one active vanilla adapter, no dropout, not merged, no extra
-arguments) and hands anything else to peft's own forward. It also marks the layer
-(``ADAPTER_IN_PRODUCT``), so that evaluation runs its trained adapter this way instead of
-folding it into a copy of the layer's weight (``ftlight.speed.merge``).
+arguments) and hands anything else to peft's own forward. It also gives the layer an
+``ADAPTER_IN_PRODUCT`` check, so that evaluation runs a trained adapter the fused forward
+computes this way instead of folding it into a copy of the layer's weight
+(``ftlight.speed.merge``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def fuse(model: nn.Module) -> int:
     for module in model.modules():
         if type(module) is LoraLinear and type(module.get_base_layer()) is nn.Linear:
             module.forward = types.MethodType(_forward, module)
-            setattr(module, ADAPTER_IN_PRODUCT, True)
+            setattr(module, ADAPTER_IN_PRODUCT, types.MethodType(_in_product, module))
             count += 1
     return count
 
@@ -56,6 +57,20 @@ def _forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
 
 def _plain_adapter(layer: LoraLinear, x: torch.Tensor) -> str | None:
     """The one active adapter when it is vanilla LoRA the fused forward computes exactly."""
+    name = _vanilla_adapter(layer)
+    if name is None:
+        return None
+    if x.dtype != layer.lora_A[name].weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        return None  # peft casts the input to the adapter's dtype first
+    return name
+
+
+def _in_product(layer: LoraLinear) -> bool:
+    """Whether the fused forward computes the layer's adapter as it stands (``merge``)."""
+    return _vanilla_adapter(layer) is not None
+
+
+def _vanilla_adapter(layer: LoraLinear) -> str | None:
     if layer.disable_adapters or layer.merged:
         return None
     active = layer.active_adapters
@@ -66,6 +81,4 @@ def _plain_adapter(layer: LoraLinear, x: torch.Tensor) -> str | None:
         return None
     if not isinstance(layer.lora_dropout[name], nn.Identity) or layer.lora_B[name].bias is not None:
         return None
-    if x.dtype != layer.lora_A[name].weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        return None  # peft casts the input to the adapter's dtype first
     return name

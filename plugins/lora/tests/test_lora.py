@@ -200,3 +200,16 @@ def test_evaluation_keeps_fused_trained_adapters_without_copying_weights() -> No
     with merged_lora(fused) as n:  # untrained: skipped, base layer only
         assert n == 2 and all(layer.merged for layer in layers)
         assert [layer.get_base_layer().weight for layer in layers] == weights
+
+
+def test_evaluation_merges_fused_layers_their_forward_hands_to_peft() -> None:
+    """With dropout the fused forward runs peft's: evaluation folds such an adapter into a
+    weight copy as for any other LoRA layer."""
+    from ftlight.speed.merge import merged_lora
+
+    _, with_dropout = _lora_pair(dropout=0.5)
+    layer = with_dropout.base_model.model[0]
+    weight = layer.get_base_layer().weight
+    with merged_lora(with_dropout) as n:
+        assert n == 2 and layer.merged and layer.get_base_layer().weight is not weight
+    assert layer.get_base_layer().weight is weight
