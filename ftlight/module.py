@@ -74,7 +74,8 @@ class FineTuneModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.generate_in_eval = False
-        #: score with LoRA adapters folded into their weights (the before/after passes)
+        #: score under ``merged_lora`` (the before/after passes): zero adapters skipped, trained
+        #: ones folded into weight copies unless their layer computes them in its product
         self.merge_in_eval = False
         self._merged = contextlib.ExitStack()
         self.strict_loading = False  # checkpoints hold only the strategy's trainable state
