@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seconds = step(batch)
             if i >= opts.warmup:
                 times[on].append(seconds)
-    switch(True)
+    switch(None)
     ratios = [a / b for a, b in zip(times[True], times[False], strict=True)]
     report = {
         "machine": machine_info(),
@@ -102,13 +102,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def _switch(compare: str, model: Any) -> Callable[[bool], None]:
-    """A function turning ftlight's way on (True) or off (False) for the next steps."""
+def _switch(compare: str, model: Any) -> Callable[[bool | None], None]:
+    """A function turning ftlight's way on (True) or off (False) for the next steps, or
+    putting back what was there before the benchmark (None)."""
     if compare == "grouped_kv":
         from ftlight.speed.attention import GQA_SWITCH
 
-        def grouped(on: bool) -> None:
-            os.environ[GQA_SWITCH] = "1" if on else "0"
+        before = os.environ.get(GQA_SWITCH)
+
+        def grouped(on: bool | None) -> None:
+            if on is not None:
+                os.environ[GQA_SWITCH] = "1" if on else "0"
+            elif before is None:
+                os.environ.pop(GQA_SWITCH, None)
+            else:
+                os.environ[GQA_SWITCH] = before
 
         return grouped
     from peft.tuners.lora import Linear as LoraLinear
@@ -117,9 +125,9 @@ def _switch(compare: str, model: Any) -> Callable[[bool], None]:
     if not fused or not all(type(m) is LoraLinear for m in fused):
         raise SystemExit("the model has no fused LoRA layers: is strategy=lora the default?")
 
-    def use_fused(on: bool) -> None:
+    def use_fused(on: bool | None) -> None:
         for module, forward in fused.items():
-            if on:
+            if on is not False:
                 module.forward = forward
             else:
                 module.__dict__.pop("forward", None)

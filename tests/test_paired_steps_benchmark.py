@@ -3,6 +3,7 @@ leaves ftlight's way on (tiny model)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,3 +27,4 @@ def test_both_ways_are_timed(monkeypatch, compare: str) -> None:
     assert report["compare"] == compare
     assert report["ftlight_s_per_step"] > 0 and report["other_s_per_step"] > 0
     assert report["median_ratio"] > 0
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ  # the switch is put back

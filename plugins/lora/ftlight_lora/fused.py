@@ -18,7 +18,7 @@ computes this way instead of folding it into a copy of the layer's weight
 
 from __future__ import annotations
 
-import types
+import functools
 from typing import Any
 
 import torch
@@ -33,8 +33,10 @@ def fuse(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         if type(module) is LoraLinear and type(module.get_base_layer()) is nn.Linear:
-            module.forward = types.MethodType(_forward, module)
-            setattr(module, ADAPTER_IN_PRODUCT, types.MethodType(_in_product, module))
+            # partials, not bound methods: a pickled model (torch.save, spawned processes)
+            # loads again, as both name module-level functions
+            module.forward = functools.partial(_forward, module)
+            setattr(module, ADAPTER_IN_PRODUCT, functools.partial(_in_product, module))
             count += 1
     return count
 

@@ -213,3 +213,27 @@ def test_evaluation_merges_fused_layers_their_forward_hands_to_peft() -> None:
     with merged_lora(with_dropout) as n:
         assert n == 2 and layer.merged and layer.get_base_layer().weight is not weight
     assert layer.get_base_layer().weight is weight
+
+
+def test_a_fused_model_pickles_and_keeps_its_fused_forward(monkeypatch) -> None:
+    """torch.save of the whole model (and spawned processes) pickles the fused layers."""
+    import io
+
+    import torch
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from ftlight.speed.merge import ADAPTER_IN_PRODUCT
+
+    _, fused = _lora_pair()
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    calls = []
+    real = LoraLinear.forward
+    monkeypatch.setattr(LoraLinear, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 12)
+    torch.testing.assert_close(loaded(x), fused(x))
+    assert calls == []  # the loaded layers still run the fused path
+    layer = loaded.base_model.model[0]
+    assert getattr(layer, ADAPTER_IN_PRODUCT)() is True
