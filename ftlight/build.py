@@ -121,6 +121,7 @@ def build_module(cfg: DictConfig, parts: Parts, model: nn.Module) -> FineTuneMod
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         frozen_dtype=torch.bfloat16 if precision.startswith("bf16-mixed") else None,
         activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),
+        recompute_activation=bool(cfg.get("recompute_activation", True)),
         compile=bool(cfg.get("compile", False)),
         attention_kernel=str(cfg.get("attention_kernel", "auto")),
         share_prefix=bool(cfg.get("share_prefix", True)),

@@ -15,6 +15,7 @@ from torch.distributed.fsdp import fully_shard
 
 from ftlight.errors import ConfigError
 from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel, grouped_kv
+from ftlight.speed.gated import recompute_gated_activations
 from ftlight.speed.lowp import cast_frozen_linears
 from ftlight.speed.merge import merged_lora
 from ftlight.strategies.base import Strategy
@@ -32,7 +33,9 @@ class FineTuneModule(L.LightningModule):
     ``optimizer`` is a partial taking the parameters; ``scheduler`` a partial taking the
     optimizer and the total number of optimizer steps.
     ``activation_checkpointing`` recomputes each transformer block's activations in the
-    backward pass (less memory, more compute); ``compile`` compiles each block with
+    backward pass (less memory, more compute); ``recompute_activation`` keeps a gated MLP's
+    ``gate(x)`` and ``up(x)`` but not ``act(gate(x))``, recomputed in backward (same numbers,
+    less memory; ``ftlight.speed.gated``); ``compile`` compiles each block with
     ``torch.compile`` (dynamic shapes; the first steps pay for compilation).
     ``attention_kernel`` picks the attention kernel of training steps (``ftlight.speed.attention``:
     ``auto`` takes the faster one for short bf16 rows on a CPU).
@@ -49,6 +52,7 @@ class FineTuneModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         frozen_dtype: torch.dtype | None = None,
         activation_checkpointing: bool = False,
+        recompute_activation: bool = True,
         compile: bool = False,
         attention_kernel: str = "auto",
         share_prefix: bool = True,
@@ -66,6 +70,8 @@ class FineTuneModule(L.LightningModule):
         self.frozen_dtype = frozen_dtype
         self.frozen_cast = 0
         self.activation_checkpointing = activation_checkpointing
+        self.recompute_activation = recompute_activation
+        self.recomputed_mlps = 0
         self.compile_blocks = compile
         self.share_prefix = share_prefix
         self.model = model
@@ -97,6 +103,9 @@ class FineTuneModule(L.LightningModule):
                 self.frozen_cast = cast_frozen_linears(self.model, self.frozen_dtype)
             if self.activation_checkpointing:
                 _enable_activation_checkpointing(self.model)
+            elif self.recompute_activation:  # checkpointed blocks keep nothing of the MLP
+                self.recomputed_mlps = recompute_gated_activations(self.model)
+                log.debug("recompute_activation: %d gated MLPs", self.recomputed_mlps)
             if self.compile_blocks:
                 for block in self.strategy.shard_units(self.model):
                     block.compile(dynamic=True)

@@ -109,6 +109,8 @@ PRECISIONS = (
 BOOLEANS = (
     "compile",
     "activation_checkpointing",
+    "recompute_activation",
+    "share_prefix",
     "eval.before",
     "eval.after",
     "eval.generate_during_fit",
