@@ -2,13 +2,20 @@
 
     python benchmarks/paired_steps.py --compare lora_forward --precision fp32 --steps 12
     python benchmarks/paired_steps.py --compare grouped_kv --precision fp32 --steps 14
+    python benchmarks/paired_steps.py --compare recompute_activation --precision fp32 --steps 14
+    python benchmarks/paired_steps.py --compare head_loss --precision fp32 --steps 14
     python benchmarks/paired_steps.py --model tiny-llama --steps 3
 
 ``--compare``:
 - ``lora_forward``: the ``lora`` strategy's fused forward (the adapter's scaled product added
   inside the matrix product, ``ftlight_lora.fused``) against peft's own;
 - ``grouped_kv``: grouped key/value heads handed to PyTorch's attention as they are
-  (``ftlight.speed.attention.grouped_kv``) against transformers' per-query-head copies.
+  (``ftlight.speed.attention.grouped_kv``) against transformers' per-query-head copies;
+- ``recompute_activation``: gated MLPs that recompute ``act(gate(x))`` in backward
+  (``ftlight.speed.gated``) against autograd keeping it;
+- ``head_loss``: the head's projection and cross-entropy a block of positions at a time, with
+  the gradients computed in forward (``ftlight.speed.head_loss``) against the plain head and
+  ``cross_entropy``.
 
 This builds the default job's model and training batches once, then times each training step
 (forward with only the labelled positions projected, backward, AdamW) twice in a row on the
@@ -33,7 +40,7 @@ from typing import Any
 import torch
 from bench_common import machine_info
 
-COMPARISONS = ("lora_forward", "grouped_kv")
+COMPARISONS = ("lora_forward", "grouped_kv", "recompute_activation", "head_loss")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run.module.configure_model()
     model, task = run.module.model, run.module.task
     model.train()
-    switch = _switch(opts.compare, model)
+    switch = _switch(opts.compare, model, task)
     batches = iter(run.data.train_dataloader())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -102,9 +109,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def _switch(compare: str, model: Any) -> Callable[[bool | None], None]:
+def _switch(compare: str, model: Any, task: Any) -> Callable[[bool | None], None]:
     """A function turning ftlight's way on (True) or off (False) for the next steps, or
     putting back what was there before the benchmark (None)."""
+    if compare == "head_loss":
+        from ftlight.speed.head_loss import plain_head
+
+        if plain_head(model) is None:
+            raise SystemExit("the model's head is not a plain linear layer")
+
+        def in_loss(on: bool | None) -> None:
+            task.head_in_loss = None if on is None else on
+
+        return in_loss
     if compare == "grouped_kv":
         from ftlight.speed.attention import GQA_SWITCH
 
@@ -119,20 +136,35 @@ def _switch(compare: str, model: Any) -> Callable[[bool | None], None]:
                 os.environ[GQA_SWITCH] = before
 
         return grouped
-    from peft.tuners.lora import Linear as LoraLinear
+    if compare == "recompute_activation":
+        from ftlight.speed.gated import _forward as gated_forward
 
-    fused = {m: m.__dict__["forward"] for m in model.modules() if "forward" in m.__dict__}
-    if not fused or not all(type(m) is LoraLinear for m in fused):
-        raise SystemExit("the model has no fused LoRA layers: is strategy=lora the default?")
+        patched = {
+            m: f
+            for m in model.modules()
+            if getattr(f := m.__dict__.get("forward"), "func", None) is gated_forward
+        }
+        if not patched:
+            raise SystemExit("the model has no gated MLPs that recompute their activation")
+    else:
+        from peft.tuners.lora import Linear as LoraLinear
 
-    def use_fused(on: bool | None) -> None:
-        for module, forward in fused.items():
+        patched = {
+            m: m.__dict__["forward"]
+            for m in model.modules()
+            if type(m) is LoraLinear and "forward" in m.__dict__
+        }
+        if not patched:
+            raise SystemExit("the model has no fused LoRA layers: is strategy=lora the default?")
+
+    def use_patched(on: bool | None) -> None:
+        for module, forward in patched.items():
             if on is not False:
                 module.forward = forward
             else:
                 module.__dict__.pop("forward", None)
 
-    return use_fused
+    return use_patched
 
 
 if __name__ == "__main__":

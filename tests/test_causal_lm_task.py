@@ -170,3 +170,62 @@ def test_models_that_slice_otherwise_fall_back_to_their_own_loss(tiny_lm) -> Non
     loss = task.training_loss(_OwnSlicing(model), batch)
     assert task.sliced_loss is False
     torch.testing.assert_close(loss, model(**batch, use_cache=False).loss)
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["whole-rows", "shared-opening"])
+def test_later_steps_project_in_the_loss_with_the_same_numbers(tiny_lm, share: bool) -> None:
+    model, tok = tiny_lm
+    batch = _batch(tok)
+    model.zero_grad()
+    reference = model(**batch, use_cache=False).loss
+    reference.backward()
+    want = _grads(model)
+
+    task = CausalLMTask()
+    task.prefix_sharing = share
+    for step in range(2):  # the first step checks the head's output is the model's logits
+        model.zero_grad()
+        loss = task.training_loss(model, batch)
+        loss.backward()
+        assert task.head_in_loss is True
+        torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6, msg=f"step {step}")
+        got = _grads(model)
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert "forward" not in model.lm_head.__dict__  # the head is itself again
+
+
+def test_a_model_that_changes_its_heads_output_keeps_the_plain_loss(tiny_lm) -> None:
+    model, tok = tiny_lm
+
+    class Scaled(type(model)):  # e.g. logit scaling or soft-capping after the head
+        def forward(self, input_ids=None, logits_to_keep=0, **kwargs):
+            out = super().forward(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+            out.logits = out.logits * 0.5
+            return out
+
+    scaled = copy.deepcopy(model)
+    scaled.__class__ = Scaled
+    batch = _batch(tok)
+    labels = batch["labels"][:, 1:]
+    with torch.no_grad():
+        logits = scaled(**batch, use_cache=False).logits[:, :-1]
+    want = nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
+    task = CausalLMTask()
+    for _ in range(2):
+        loss = task.training_loss(scaled, batch)
+        assert task.head_in_loss is False
+        torch.testing.assert_close(loss, want)
+
+
+def test_a_hooked_head_keeps_the_plain_loss(tiny_lm) -> None:
+    model, tok = tiny_lm
+    hooked = copy.deepcopy(model)
+    hooked.lm_head.register_forward_hook(lambda _m, _i, out: out * 0.5)
+    batch = _batch(tok)
+    task = CausalLMTask()
+    first = task.training_loss(hooked, batch)
+    second = task.training_loss(hooked, batch)
+    assert task.head_in_loss is None  # never tried: a hook may change what the head returns
+    torch.testing.assert_close(second, first)

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.usefixtures("ftlight_cache")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("compare", ["lora_forward", "grouped_kv"])
+@pytest.mark.parametrize(
+    "compare", ["lora_forward", "grouped_kv", "recompute_activation", "head_loss"]
+)
 def test_both_ways_are_timed(monkeypatch, compare: str) -> None:
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
