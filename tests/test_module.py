@@ -214,6 +214,22 @@ def test_activation_checkpointing_is_on_in_training(helpers, tmp_path) -> None:
     assert base.is_activation_checkpointing
 
 
+def test_recomputed_activations_train_like_kept_ones(helpers, tmp_path) -> None:
+    """``recompute_activation`` (the default) changes what a step keeps, not its results."""
+    cfg = helpers.compose(STEP_RUN, tmp_path / "on", "causal_lm")
+    run, probe = helpers.fit(cfg)
+    assert run.module.recomputed_mlps == 2  # the tiny Llama's two MLPs
+    kept, kept_losses = _trained_weights(helpers, tmp_path / "off", "recompute_activation=false")
+    assert kept_losses == pytest.approx(probe.losses, abs=1e-6)
+    for name in kept:
+        torch.testing.assert_close(probe.end[name], kept[name], rtol=1e-5, atol=1e-6, msg=name)
+    cfg = helpers.compose(
+        [*STEP_RUN, "activation_checkpointing=true"], tmp_path / "ck", "causal_lm"
+    )
+    run, _ = helpers.fit(cfg)
+    assert run.module.recomputed_mlps == 0  # checkpointed blocks recompute everything anyway
+
+
 def test_activation_checkpointing_needs_model_support(helpers, tmp_path) -> None:
     from ftlight.module import _enable_activation_checkpointing
 

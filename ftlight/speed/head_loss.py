@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 #: logits computed at once: 4 M floats (16 MB in float32)
 ROW_BLOCK = 1 << 22
@@ -30,6 +31,8 @@ ROW_BLOCK = 1 << 22
 
 def plain_head(model: nn.Module) -> nn.Linear | None:
     """The model's output projection when it is a plain, unsharded, unhooked ``nn.Linear``."""
+    if isinstance(model, FSDPModule):  # its weights are shards outside FSDP's own gathers
+        return None
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if type(head) is not nn.Linear or head._forward_hooks or head._forward_pre_hooks:

@@ -4,9 +4,9 @@ peft computes an adapted linear layer as ``base(x) + B(A(x)) * scaling``: after 
 products it makes two more passes over the layer's whole output (the scaling, then the sum),
 and backward makes another for the scaling's gradient. On a CPU, where a small model's step is
 bound by memory traffic as much as by arithmetic, those passes over every adapted layer's
-output cost several percent of a training step. ``torch.addmm(base(x), A(x), B^T,
-alpha=scaling)`` adds the scaled product in the matrix product's own accumulation instead; the
-scaling then only touches the ``r``-wide gradients.
+output cost several percent of a training step. ``base(x).addmm_(A(x), B^T, alpha=scaling)``
+adds the scaled product in the matrix product's own accumulation instead, in place (no second
+output of the layer's size); the scaling then only touches the ``r``-wide gradients.
 
 ``fuse`` installs that forward on every plain LoRA linear layer of a model. Each call still
 checks that it applies (one active vanilla adapter, no dropout, not merged, no extra
@@ -48,13 +48,18 @@ def _forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
     lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
     result = self.base_layer(x)
     low = lora_a(x)
-    out = torch.addmm(
-        result.reshape(-1, result.shape[-1]),
-        low.reshape(-1, low.shape[-1]),
-        lora_b.weight.t(),
+    if not result.is_contiguous():
+        result = result.contiguous()
+    # in place: the base product's output is nobody's saved tensor, and a second output of
+    # the layer's size (the MLP's width, for 50 prompts at once in evaluation) is not made;
+    # the casts are autocast's own (an in-place product is not cast for us)
+    flat = result.view(-1, result.shape[-1])
+    flat.addmm_(
+        low.reshape(-1, low.shape[-1]).to(result.dtype),
+        lora_b.weight.t().to(result.dtype),
         alpha=self.scaling[adapter],
     )
-    return out.view(result.shape)
+    return result
 
 
 def _plain_adapter(layer: LoraLinear, x: torch.Tensor) -> str | None:
