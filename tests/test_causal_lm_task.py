@@ -183,7 +183,7 @@ def test_later_steps_project_in_the_loss_with_the_same_numbers(tiny_lm, share: b
 
     task = CausalLMTask()
     task.prefix_sharing = share
-    for step in range(2):  # the first step checks the head's output is the model's logits
+    for step in range(2):
         model.zero_grad()
         loss = task.training_loss(model, batch)
         loss.backward()

@@ -10,14 +10,14 @@ the hidden states (``positions x hidden``) for backward. The numbers are those o
 path up to the order of floating-point sums.
 
 ``head_as_identity`` makes a model return the hidden states its head would project, so the
-loss can take them; ``returns_head_output`` checks on a real step that the model hands its
-head's output back as it is (no soft-capping or scaling after the head), which the projection
-here relies on.
+loss can take them, and tells whether the model handed its head's output back as it is (no
+soft-capping or scaling after the head), which the projection here relies on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,28 +44,21 @@ def plain_head(model: nn.Module) -> nn.Linear | None:
 
 
 @contextlib.contextmanager
-def head_as_identity(head: nn.Linear) -> Iterator[None]:
-    """Within the block the head returns its input: the model's logits are hidden states."""
-    head.forward = _identity
+def head_as_identity(head: nn.Linear) -> Iterator[list[torch.Tensor]]:
+    """Within the block the head returns its input, and the yielded list collects what it was
+    given: a model whose logits are the very last of them hands back its head's output as it
+    is (no soft-capping or scaling after the head)."""
+    seen: list[torch.Tensor] = []
+    head.forward = functools.partial(_identity, seen)
     try:
-        yield
+        yield seen
     finally:
         head.__dict__.pop("forward", None)
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
+def _identity(seen: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    seen.append(x)
     return x
-
-
-@contextlib.contextmanager
-def returns_head_output(head: nn.Linear) -> Iterator[list[torch.Tensor]]:
-    """Collect the head's outputs within the block (to compare with the model's logits)."""
-    seen: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

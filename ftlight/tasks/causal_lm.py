@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,12 +19,7 @@ from ftlight.errors import ConfigError
 from ftlight.evaluation.structured import StructuredOutputMetric
 from ftlight.speed import cascade
 from ftlight.speed.decode import Prompted, can_decode, greedy_decode
-from ftlight.speed.head_loss import (
-    head_as_identity,
-    linear_cross_entropy,
-    plain_head,
-    returns_head_output,
-)
+from ftlight.speed.head_loss import head_as_identity, linear_cross_entropy, plain_head
 from ftlight.speed.prefix import (
     PrefixPass,
     RowCache,
@@ -138,8 +132,8 @@ class CausalLMTask(Task):
         #: None until the first training step finds out whether the model can project
         #: only the labelled positions onto the vocabulary (``logits_to_keep`` as a mask)
         self.sliced_loss: bool | None = None
-        #: None until a training step finds out whether the model returns its head's output
-        #: unchanged; then the loss projects the hidden states itself (``speed.head_loss``)
+        #: whether the model returns its head's output unchanged, so that the loss projects
+        #: the hidden states itself (``speed.head_loss``); None until a training step tells
         self.head_in_loss: bool | None = None
 
     def auto_class(self) -> type:
@@ -178,27 +172,30 @@ class CausalLMTask(Task):
         large share of a small model's step. The hidden states of the positions that
         predict a label go through ``lm_head`` (``logits_to_keep`` as a boolean mask, which
         ``transformers`` models accept); the loss equals the model's own. Models that do
-        not take a mask fall back to their own loss, once detected. Once a step has shown that
-        the model returns its head's output unchanged, later steps project and take the loss
-        a block of positions at a time (``ftlight.speed.head_loss``): the same loss, without
-        the positions x vocabulary tensors autograd would keep.
+        not take a mask fall back to their own loss, once detected. When the model returns its
+        head's output unchanged, the loss projects the hidden states itself, a block of
+        positions at a time (``ftlight.speed.head_loss``): the same loss, without the
+        positions x vocabulary tensors autograd would keep; a model that changes its head's
+        output (scaling, capping) is run again the plain way, on that step and later ones.
         """
         head = plain_head(model) if self.head_in_loss is not False else None
-        if head is not None and self.head_in_loss and torch.is_grad_enabled():
-            with head_as_identity(head):  # the loss projects the hidden states (head_loss)
+        if head is not None and torch.is_grad_enabled():
+            with head_as_identity(head) as given:  # the loss projects (``speed.head_loss``)
                 sliced = self._labelled_pass(model, inputs)
-            if sliced is not None:
-                hidden, wanted = sliced[0].output.logits, sliced[1]
+            if sliced is None:
+                return super().training_loss(model, inputs)
+            hidden, wanted = sliced[0].output.logits, sliced[1]
+            if given and hidden is given[-1]:
+                self.head_in_loss = True
                 return linear_cross_entropy(hidden, head.weight, head.bias, wanted)
-            return super().training_loss(model, inputs)
-        with returns_head_output(head) if head is not None else nullcontext([]) as seen:
-            sliced = self._labelled_pass(model, inputs)
+            # the model changed what its head returned: this step again, as it is, and so on
+            self.head_in_loss = False
+            del sliced, hidden
+            given.clear()
+        sliced = self._labelled_pass(model, inputs)
         if sliced is None:
             return super().training_loss(model, inputs)
         scored, wanted = sliced
-        if head is not None and self.head_in_loss is None:
-            # the model hands back its head's last output as it is (no capping or scaling)
-            self.head_in_loss = bool(seen) and seen[-1] is scored.output.logits
         return nn.functional.cross_entropy(scored.output.logits.float(), wanted)
 
     def _labelled_pass(

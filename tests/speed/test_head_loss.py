@@ -99,8 +99,9 @@ def test_frozen_head_gets_no_gradient_and_nothing_vocabulary_wide_is_kept() -> N
 def test_head_as_identity_and_plain_head() -> None:
     head = nn.Linear(4, 6)
     x = torch.randn(2, 4)
-    with head_as_identity(head):
+    with head_as_identity(head) as given:
         assert head(x) is x
+    assert len(given) == 1 and given[0] is x
     assert head(x).shape == (2, 6) and "forward" not in head.__dict__
 
     class WithHead(nn.Module):

@@ -155,12 +155,19 @@ def test_fused_forward_matches_peft_in_outputs_and_gradients(bf16: bool) -> None
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
         grads[-1]["input"] = x.grad
     assert outs[1].dtype == outs[0].dtype == (torch.bfloat16 if bf16 else torch.float32)
-    tol = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(outs[1], outs[0], **tol)
+
+    def close(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+        if bf16:  # both round to bf16, at different points: compare as a whole
+            error = (got.float() - want.float()).norm() / want.float().norm()
+            assert error < 1e-2, (name, float(error))
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+    close(outs[1], outs[0], "output")
     assert grads[1].keys() == grads[0].keys() and len(grads[0]) == 5  # A, B of both; input
     for name, grad in grads[0].items():
         assert grad.abs().sum() > 0, name
-        torch.testing.assert_close(grads[1][name], grad, **tol, msg=name)
+        close(grads[1][name], grad, name)
 
 
 def test_fused_forward_hands_other_cases_to_peft(monkeypatch) -> None:
