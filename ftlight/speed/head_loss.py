@@ -37,6 +37,8 @@ def plain_head(model: nn.Module) -> nn.Linear | None:
     head = get() if callable(get) else None
     if type(head) is not nn.Linear or head._forward_hooks or head._forward_pre_hooks:
         return None  # a hook may change what the head returns
+    if "forward" in head.__dict__:  # a forward of someone else's: left as it is
+        return None
     params = [head.weight] if head.bias is None else [head.weight, head.bias]
     if any(type(p.data) is not torch.Tensor for p in params):  # DTensor (FSDP), quantised
         return None

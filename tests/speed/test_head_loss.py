@@ -115,3 +115,9 @@ def test_head_as_identity_and_plain_head() -> None:
     assert plain_head(WithHead(head)) is head
     assert plain_head(WithHead(nn.Identity())) is None
     assert plain_head(nn.Linear(2, 2)) is None  # no get_output_embeddings
+    hooked = nn.Linear(4, 6)
+    hooked.register_forward_pre_hook(lambda _m, args: args)
+    assert plain_head(WithHead(hooked)) is None
+    patched = nn.Linear(4, 6)
+    patched.forward = lambda x: x
+    assert plain_head(WithHead(patched)) is None
