@@ -136,6 +136,9 @@ CASES: dict[str, Case] = {
         ("scheduler.kind=exponential",), C, ("'exponential'", "cosine, linear, constant")
     ),
     "boolean": Case(("eval.before=flase",), C, ("eval.before='flase' must be true or false",)),
+    "boolean-step": Case(
+        ("recompute_activation=yes",), C, ("recompute_activation='yes' must be true or false",)
+    ),
     "ckpt-check": Case(("ckpt_check=loose",), C, ("ckpt_check='loose'", "strict, warn")),
     "attention-kernel": Case(
         ("attention_kernel=fast",), C, ("attention_kernel='fast'", "auto, torch, math, flash")
