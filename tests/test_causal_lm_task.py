@@ -173,7 +173,7 @@ def test_models_that_slice_otherwise_fall_back_to_their_own_loss(tiny_lm) -> Non
 
 
 @pytest.mark.parametrize("share", [False, True], ids=["whole-rows", "shared-opening"])
-def test_later_steps_project_in_the_loss_with_the_same_numbers(tiny_lm, share: bool) -> None:
+def test_every_step_projects_in_the_loss_with_the_same_numbers(tiny_lm, share: bool) -> None:
     model, tok = tiny_lm
     batch = _batch(tok)
     model.zero_grad()

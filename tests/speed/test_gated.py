@@ -133,6 +133,7 @@ def test_patched_model_pickles() -> None:
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
+    # bytes this test pickled itself a moment ago, in memory: no file or user input
     loaded = torch.load(buffer, weights_only=False)
     ids = torch.randint(0, 64, (1, 7))
     assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -243,6 +243,7 @@ def test_a_fused_model_pickles_and_keeps_its_fused_forward(monkeypatch) -> None:
     buffer = io.BytesIO()
     torch.save(fused, buffer)
     buffer.seek(0)
+    # bytes this test pickled itself a moment ago, in memory: no file or user input
     loaded = torch.load(buffer, weights_only=False)
     calls = []
     real = LoraLinear.forward
