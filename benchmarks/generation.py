@@ -10,15 +10,12 @@ evaluation's token budget (``max_new_tokens: auto``) and stops each row at its e
 
 Systems:
 - ``ftlight``: what evaluation runs, ``greedy_decode`` (continuing from the scoring pass,
-  finished rows dropped, the cache appended in place) under ``merged_lora``: untrained
-  adapters skipped, trained ones of the ``lora`` strategy's fused layers computed inside
-  their products;
-- ``ftlight_merged``: the same with every trained adapter folded into a copy of its weight
-  (what evaluation did before the fused layers kept theirs);
+  finished rows dropped, the cache appended in place) under ``merged_lora`` (untrained
+  adapters skipped, trained ones folded into the weights in place);
 - ``hf_generate``: ``model.generate(do_sample=False)`` on the PEFT model as it is (adapters
   unmerged), which is what evaluation ran before;
-- ``hf_generate_merged``: ``model.generate`` with LoRA merged into weight copies (how much
-  of the gain is the merge).
+- ``hf_generate_merged``: ``model.generate`` under the same ``merged_lora`` (how much of the
+  gain is the merge).
 
 Each system runs what an evaluation pass runs: the scoring (loss) pass over prompt and
 reference, then generation. ftlight's decoding continues from the scoring pass's keys and
@@ -43,7 +40,7 @@ from typing import Any
 import torch
 from bench_common import machine_info
 
-SYSTEMS = ("ftlight", "ftlight_merged", "hf_generate", "hf_generate_merged")
+SYSTEMS = ("ftlight", "hf_generate", "hf_generate_merged")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -166,12 +163,7 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
     tok = task.tokenizer
     eos = sorted({tok.eos_token_id, *_ids(model.generation_config.eos_token_id)} - {None})
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-    if system == "hf_generate":
-        merged = contextlib.nullcontext()
-    elif system.endswith("_merged"):
-        merged = _merged_copies(model)
-    else:
-        merged = merged_lora(model)
+    merged = contextlib.nullcontext() if system == "hf_generate" else merged_lora(model)
     outs: list[torch.Tensor] = []
     scoring = generating = 0.0
     task.prefix_sharing = True
@@ -216,21 +208,6 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
         "evaluation_seconds": scoring + generating,
     }
     return result, outs
-
-
-@contextlib.contextmanager
-def _merged_copies(model: Any):
-    """``merged_lora`` folding every trained adapter into a weight copy, fused layers too."""
-    from ftlight.speed.merge import ADAPTER_IN_PRODUCT, merged_lora
-
-    checks = {m: m.__dict__.pop(ADAPTER_IN_PRODUCT) for m in model.modules()
-              if ADAPTER_IN_PRODUCT in m.__dict__}  # fmt: skip
-    try:
-        with merged_lora(model) as n:
-            yield n
-    finally:
-        for m, check in checks.items():
-            setattr(m, ADAPTER_IN_PRODUCT, check)
 
 
 def _max_length(opts: argparse.Namespace) -> int | None:

@@ -80,9 +80,6 @@ class FineTuneModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.generate_in_eval = False
-        #: score under ``merged_lora`` (the before/after passes): zero adapters skipped, trained
-        #: ones folded into weight copies unless their layer computes them in its product
-        self.merge_in_eval = False
         self._merged = contextlib.ExitStack()
         self.strict_loading = False  # checkpoints hold only the strategy's trainable state
         self._applied = False
@@ -137,14 +134,12 @@ class FineTuneModule(L.LightningModule):
         train mode (validate() leaves it in eval mode; fit() expects train mode)."""
         scores: dict[str, float] = {}
         self.generate_in_eval = generate
-        self.merge_in_eval = True
         self.reset_metrics()
         try:
             yield scores
             scores.update(self.last_eval)
         finally:
             self.generate_in_eval = False
-            self.merge_in_eval = False
             self._merged.close()  # also when the pass failed half-way
             self.train()
             self.val_metrics.clear()
@@ -204,10 +199,11 @@ class FineTuneModule(L.LightningModule):
         self.strategy.prepare_for_eval(self.model)
 
     def on_validation_epoch_start(self) -> None:
-        """Start a clean metric pass (with merged adapters in a scoring pass)."""
+        """Start a clean metric pass, LoRA adapters folded into their weights (in place; put
+        back bit for bit at the end): zero adapters skipped, trained ones merged."""
         if not len(self.val_metrics):
             self.reset_metrics()
-        if self.merge_in_eval and not self.sharded:
+        if not self.sharded:
             merged = self._merged.enter_context(merged_lora(self.model))
             log.debug("evaluating with %d LoRA layers merged", merged)
 

@@ -127,12 +127,17 @@ def test_merged_lora_scores_the_same_and_restores_every_weight(tiny_chat_llama) 
     model = _lora(base)
     ids = torch.arange(3, 40).reshape(1, -1)
     params = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    # subtracting the fold again would not give every weight back: the test needs the fix-ups
+    assert any(_subtraction_misses(layer) for layer in _lora_layers(model))
+    pointers = [layer.get_base_layer().weight.data_ptr() for layer in _lora_layers(model)]
     with torch.no_grad():
         unmerged = model(input_ids=ids).logits
         with merged_lora(model) as n:
             merged = model(input_ids=ids).logits
             assert n == 3 * model.config.num_hidden_layers
             assert all(layer.merged for layer in _lora_layers(model))
+            folded = [layer.get_base_layer().weight for layer in _lora_layers(model)]
+            assert [w.data_ptr() for w in folded] == pointers  # in place: no copy
         again = model(input_ids=ids).logits
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
     assert torch.equal(again, unmerged)
@@ -162,10 +167,72 @@ def test_an_untrained_adapter_is_skipped_without_copying_weights(tiny_chat_llama
 def test_merged_lora_is_undone_when_the_block_fails(tiny_chat_llama) -> None:
     model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float())
     weights = [layer.get_base_layer().weight for layer in _lora_layers(model)]
+    bits = [w.detach().clone() for w in weights]
     with pytest.raises(RuntimeError), merged_lora(model):
+        assert not torch.equal(weights[0], bits[0])
         raise RuntimeError("evaluation failed")
     assert [layer.get_base_layer().weight for layer in _lora_layers(model)] == weights
+    assert all(torch.equal(w, b) for w, b in zip(weights, bits, strict=True))
     assert not any(layer.merged for layer in _lora_layers(model))
+
+
+def test_merged_lora_restores_bf16_weights_bit_for_bit(tiny_chat_llama) -> None:
+    """Frozen weights kept in bf16 (``frozen_cast``) fold and come back exactly too."""
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float())
+    for layer in _lora_layers(model):
+        base = layer.get_base_layer()
+        base.weight = torch.nn.Parameter(base.weight.detach().bfloat16(), requires_grad=False)
+    assert any(_subtraction_misses(layer) for layer in _lora_layers(model))
+    bits = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.arange(3, 30).reshape(1, -1)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        unmerged = model(input_ids=ids).logits.float()
+        with merged_lora(model):
+            merged = model(input_ids=ids).logits.float()
+    torch.testing.assert_close(merged, unmerged, rtol=0.05, atol=0.05)
+    for name, p in model.named_parameters():
+        assert p.dtype == bits[name].dtype and torch.equal(p, bits[name]), name
+
+
+def test_a_tied_weight_is_folded_into_a_copy(tiny_chat_llama) -> None:
+    """An adapted head tied to the embedding: the embedding keeps reading the original."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float()
+    base.lm_head.weight = base.model.embed_tokens.weight  # tie them
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["lm_head", "q_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    model.eval()
+    embedding = model.get_input_embeddings().weight
+    bits = embedding.detach().clone()
+    head = model.base_model.model.lm_head  # the LoRA layer around the tied head
+    ids = torch.arange(3, 30).reshape(1, -1)
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with merged_lora(model) as n:
+            assert n == 1 + model.config.num_hidden_layers
+            assert torch.equal(embedding, bits)  # the embedding did not take the head's fold
+            assert head.get_base_layer().weight is not embedding
+            merged = model(input_ids=ids).logits
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+    assert head.get_base_layer().weight is embedding and torch.equal(embedding, bits)
+
+
+def test_an_adapter_changed_while_merged_is_reported(tiny_chat_llama, caplog) -> None:
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float())
+    layer = _lora_layers(model)[0]
+    with merged_lora(model), torch.no_grad():
+        layer.lora_B["default"].weight.mul_(3)
+    assert "did not come back bit for bit" in caplog.text
+
+
+def _subtraction_misses(layer) -> bool:
+    """Whether (W + delta) - delta differs from W somewhere in this layer."""
+    weight = layer.get_base_layer().weight.detach()
+    delta = layer.get_delta_weight("default")
+    back = ((weight.float() + delta).to(weight.dtype).float() - delta).to(weight.dtype)
+    return not torch.equal(back, weight)
 
 
 def test_dora_layers_stay_unmerged(tiny_chat_llama) -> None:
@@ -181,8 +248,8 @@ def _lora_layers(model):
 
 
 def test_scoring_passes_run_merged_and_training_does_not(compose, tmp_path) -> None:
-    """Scoring skips the untrained adapters (before training) and runs the trained ones of
-    the ``lora`` strategy's fused layers inside their products; training never merges."""
+    """Scoring skips the untrained adapters (before training) and folds the trained ones
+    into the weights in place, putting them back exactly; training never merges."""
     import lightning as L
 
     from ftlight.build import build_run
@@ -200,17 +267,13 @@ def test_scoring_passes_run_merged_and_training_does_not(compose, tmp_path) -> N
     run.evaluate("validation")  # applies the strategy first
     weights = dict(run.module.model.named_parameters())
     run.trainer.fit(run.module, datamodule=run.data)
+    trained = {n: p.detach().clone() for n, p in weights.items()}
     run.evaluate("validation")
-    # before training every (zero) adapter is skipped; trained fused adapters stay unmerged
-    assert seen == [
-        ("eval", True),
-        ("train", False),
-        ("train", False),
-        ("eval", False),
-        ("eval", False),
-    ]
+    # fit's own validation merges too
+    assert seen == [("eval", True), ("train", False), ("train", False)] + [("eval", True)] * 2
     after = dict(run.module.model.named_parameters())
     assert all(after[n] is p for n, p in weights.items())  # the same parameter objects
+    assert all(torch.equal(after[n], v) for n, v in trained.items())  # and the same bits
 
 
 def test_evaluation_decodes_with_its_own_loop(lm, monkeypatch) -> None:

@@ -10,10 +10,9 @@ output of the layer's size); the scaling then only touches the ``r``-wide gradie
 
 ``fuse`` installs that forward on every plain LoRA linear layer of a model. Each call still
 checks that it applies (one active vanilla adapter, no dropout, not merged, no extra
-arguments) and hands anything else to peft's own forward. It also gives the layer an
-``ADAPTER_IN_PRODUCT`` check, so that evaluation runs a trained adapter the fused forward
-computes this way instead of folding it into a copy of the layer's weight
-(``ftlight.speed.merge``).
+arguments) and hands anything else to peft's own forward. Evaluation folds trained adapters
+into the weights instead (``ftlight.speed.merge``): on a decoding step even the fused adapter's
+two small products cost a quarter of the step.
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ import torch
 from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 
-from ftlight.speed.merge import ADAPTER_IN_PRODUCT
-
 
 def fuse(model: nn.Module) -> int:
     """Give every plain LoRA linear layer of ``model`` the fused forward; returns how many."""
@@ -36,7 +33,6 @@ def fuse(model: nn.Module) -> int:
             # partials, not bound methods: a pickled model (torch.save, spawned processes)
             # loads again, as both name module-level functions
             module.forward = functools.partial(_forward, module)
-            setattr(module, ADAPTER_IN_PRODUCT, functools.partial(_in_product, module))
             count += 1
     return count
 
@@ -70,11 +66,6 @@ def _plain_adapter(layer: LoraLinear, x: torch.Tensor) -> str | None:
     if x.dtype != layer.lora_A[name].weight.dtype and not torch.is_autocast_enabled(x.device.type):
         return None  # peft casts the input to the adapter's dtype first
     return name
-
-
-def _in_product(layer: LoraLinear) -> bool:
-    """Whether the fused forward computes the layer's adapter as it stands (``merge``)."""
-    return _vanilla_adapter(layer) is not None
 
 
 def _vanilla_adapter(layer: LoraLinear) -> str | None:

@@ -193,9 +193,9 @@ def test_fused_forward_hands_other_cases_to_peft(monkeypatch) -> None:
     assert fused_module._plain_adapter(fused.base_model.model[0], x.double()) is None
 
 
-def test_evaluation_keeps_fused_trained_adapters_without_copying_weights() -> None:
-    """A fused layer's trained adapter runs inside its product when scoring (no merged copy of
-    the weight); an adapter that is still zero is skipped as before."""
+def test_evaluation_folds_fused_trained_adapters_in_place_and_restores_them() -> None:
+    """Scoring folds a fused layer's trained adapter into the weight itself (no copy) and
+    gives every weight back bit for bit; an adapter that is still zero is skipped."""
     import torch
 
     from ftlight.speed.merge import merged_lora
@@ -203,31 +203,41 @@ def test_evaluation_keeps_fused_trained_adapters_without_copying_weights() -> No
     plain, fused = _lora_pair()  # init_lora_weights=False: B is not zero
     layers = [fused.base_model.model[0], fused.base_model.model[2]]
     weights = [layer.get_base_layer().weight for layer in layers]
+    bits = [w.detach().clone() for w in weights]
+    pointers = [w.data_ptr() for w in weights]
     x = torch.randn(2, 12)
-    with torch.no_grad(), merged_lora(fused) as n:
-        assert n == 0 and not any(layer.merged for layer in layers)
-        assert [layer.get_base_layer().weight for layer in layers] == weights
-        torch.testing.assert_close(fused(x), plain(x))
-    with merged_lora(plain) as n:  # peft's own forward: merged into a copy
-        assert n == 2 and plain.base_model.model[0].get_base_layer().weight is not weights[0]
+    with torch.no_grad():
+        expected = plain(x)
+        with merged_lora(fused) as n:
+            assert n == 2 and all(layer.merged for layer in layers)
+            assert [layer.get_base_layer().weight for layer in layers] == weights
+            assert [w.data_ptr() for w in weights] == pointers  # folded in place
+            assert not torch.equal(weights[0], bits[0])
+            torch.testing.assert_close(fused(x), expected)
+    assert not any(layer.merged for layer in layers)
+    assert all(torch.equal(w, b) for w, b in zip(weights, bits, strict=True))
     for layer in layers:
         torch.nn.init.zeros_(layer.lora_B["default"].weight)
-    with merged_lora(fused) as n:  # untrained: skipped, base layer only
+    with merged_lora(fused) as n:  # untrained: skipped, base layer only, weights untouched
         assert n == 2 and all(layer.merged for layer in layers)
-        assert [layer.get_base_layer().weight for layer in layers] == weights
+        assert all(torch.equal(w, b) for w, b in zip(weights, bits, strict=True))
 
 
 def test_evaluation_merges_fused_layers_their_forward_hands_to_peft() -> None:
-    """With dropout the fused forward runs peft's: evaluation folds such an adapter into a
-    weight copy as for any other LoRA layer."""
+    """With dropout the fused forward runs peft's: evaluation folds such an adapter too, and
+    the weight comes back as it was."""
+    import torch
+
     from ftlight.speed.merge import merged_lora
 
     _, with_dropout = _lora_pair(dropout=0.5)
     layer = with_dropout.base_model.model[0]
     weight = layer.get_base_layer().weight
+    bits = weight.detach().clone()
     with merged_lora(with_dropout) as n:
-        assert n == 2 and layer.merged and layer.get_base_layer().weight is not weight
-    assert layer.get_base_layer().weight is weight
+        assert n == 2 and layer.merged and layer.get_base_layer().weight is weight
+        assert not torch.equal(weight, bits)
+    assert layer.get_base_layer().weight is weight and torch.equal(weight, bits)
 
 
 def test_a_fused_model_pickles_and_keeps_its_fused_forward(monkeypatch) -> None:
@@ -236,8 +246,6 @@ def test_a_fused_model_pickles_and_keeps_its_fused_forward(monkeypatch) -> None:
 
     import torch
     from peft.tuners.lora import Linear as LoraLinear
-
-    from ftlight.speed.merge import ADAPTER_IN_PRODUCT
 
     _, fused = _lora_pair()
     buffer = io.BytesIO()
@@ -251,5 +259,3 @@ def test_a_fused_model_pickles_and_keeps_its_fused_forward(monkeypatch) -> None:
     x = torch.randn(2, 12)
     torch.testing.assert_close(loaded(x), fused(x))
     assert calls == []  # the loaded layers still run the fused path
-    layer = loaded.base_model.model[0]
-    assert getattr(layer, ADAPTER_IN_PRODUCT)() is True
