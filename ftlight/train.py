@@ -141,9 +141,20 @@ def _fit(run: Run) -> float:
     finally:
         trainer.limit_val_batches = limit_val
     seconds = time.perf_counter() - started
+    _release_optimizer_state(trainer)
     if (preemption := find_preemption(trainer)) and trainer.is_global_zero:
         preemption.drop_if_superseded(run.run_dir)
     return seconds
+
+
+def _release_optimizer_state(trainer: L.Trainer) -> None:
+    """Free what only further optimizer steps would read, before the evaluation after training
+    and the export: AdamW's two moments per trained weight (1.1 GB for a full fine-tune of a
+    135 M-parameter model) and any gradients left. The run's checkpoints keep them for a resume,
+    and a later ``fit`` builds its optimizers again."""
+    for optimizer in trainer.optimizers:
+        optimizer.state.clear()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bool:

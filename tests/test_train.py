@@ -82,6 +82,22 @@ def test_scheduler_steps_once_per_optimizer_step(trained) -> None:
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_optimizer_state_is_freed_after_fit_and_kept_in_the_checkpoint(trained) -> None:
+    """AdamW's moments are not held through the evaluation after training and the export;
+    the last checkpoint still has them, one pair per trained tensor."""
+    import torch
+
+    run = trained("full", "causal_lm")
+    optimizer = run.result.trainer.optimizers[0]
+    assert len(optimizer.state) == 0
+    assert all(p.grad is None for group in optimizer.param_groups for p in group["params"])
+    saved = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    state = saved["optimizer_states"][0]["state"]
+    trained_tensors = sum(len(group["params"]) for group in optimizer.param_groups)
+    assert len(state) == trained_tensors > 0
+    assert all({"exp_avg", "exp_avg_sq"} <= set(s) for s in state.values())
+
+
 @pytest.mark.parametrize(("epochs", "fit_validations"), [(1, 0), (2, 2)])
 def test_one_epoch_fit_leaves_validation_to_the_evaluation_after(
     helpers, tmp_path, epochs: int, fit_validations: int
