@@ -23,7 +23,11 @@ values (every prompt is the start of its scored row), so it does not encode the 
 again; ``generate`` encodes them itself. It prints, per system, the answer tokens (each row
 up to its end token), the generation's seconds, tokens per second and ratio to
 ``hf_generate``, the scoring pass's seconds and the two together (the evaluation pass), and
-whether every system produced the same tokens. llama.cpp's Python bindings are not compared:
+whether every system produced the same tokens. It also times every decoding step (a forward of
+one new token per row): ``steps`` counts them, and ``ms/step, all rows`` is the median step
+while every row of a batch is still answering, the cost of a step at equal width, whatever
+the answers' lengths (a trained adapter computed beside its layers, for instance, shows
+there). llama.cpp's Python bindings are not compared:
 ``llama-cpp-python`` has no binary wheel on PyPI, only a source build.
 """
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = best.get("hf_generate", {}).get("tokens_per_s")
     print(
         f"{'system':<20}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'vs hf_generate':>16}"
-        f"{'scoring s':>11}{'evaluation s':>14}"
+        f"{'scoring s':>11}{'evaluation s':>14}{'steps':>7}{'ms/step, all rows':>19}"
     )
     for system, r in best.items():
         ratio = r["tokens_per_s"] / base if base else float("nan")
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"{system:<20}{r['tokens']:>8}{r['seconds']:>10.1f}{r['tokens_per_s']:>10.1f}"
             f"{ratio:>15.2f}x{r['scoring_seconds']:>11.1f}{r['evaluation_seconds']:>14.1f}"
+            f"{r['decode_steps']:>7}{r['full_step_ms']:>19.1f}"
         )
     first = next(iter(outputs.values()))
     same = all(
@@ -171,8 +177,11 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
     task.generation_follows = ours
     # evaluation passes grouped key/value heads to PyTorch's attention on a CPU (``grouped_kv``)
     grouped = grouped_kv(next(model.parameters()).device.type) if ours else contextlib.nullcontext()
-    with torch.inference_mode(), autocast, merged, grouped:
+    steps: list[tuple[int, int, float]] = []  # (rows of the batch, rows stepped, seconds)
+    timer = _StepTimer(model, steps)
+    with torch.inference_mode(), autocast, merged, grouped, timer:
         for b in batches:
+            timer.rows = len(b["input_ids"])
             start = time.perf_counter()
             scored = task.evaluation_outputs(
                 model, {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -200,14 +209,49 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
             scoring += middle - start
             generating += time.perf_counter() - middle
     tokens = sum(_answer_tokens(o, eos, pad) for o in outs)
+    full = [seconds for rows, stepped, seconds in steps if stepped == rows]
     result = {
         "tokens": tokens,
         "seconds": generating,
         "tokens_per_s": tokens / generating,
         "scoring_seconds": scoring,
         "evaluation_seconds": scoring + generating,
+        "decode_steps": len(steps),
+        "full_step_ms": 1000 * statistics.median(full) if full else float("nan"),
     }
     return result, outs
+
+
+class _StepTimer:
+    """Times each decoding step (one new token per row) of the model's decoder stack: hooks on
+    the inner transformer, which both ``greedy_decode`` and ``generate`` call for every step."""
+
+    def __init__(self, model: Any, steps: list[tuple[int, int, float]]) -> None:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.target = inner.base_model  # the decoder stack under the LM head
+        self.steps, self.rows, self.started = steps, 0, None
+
+    def __enter__(self) -> _StepTimer:
+        self.hooks = [
+            self.target.register_forward_pre_hook(self._pre, with_kwargs=True),
+            self.target.register_forward_hook(self._post, with_kwargs=True),
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+    def _pre(self, module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.dim() == 2 and ids.shape[1] == 1:
+            self.started = (ids.shape[0], time.perf_counter())
+
+    def _post(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.started is not None:
+            stepped, start = self.started
+            self.steps.append((self.rows, stepped, time.perf_counter() - start))
+            self.started = None
 
 
 def _max_length(opts: argparse.Namespace) -> int | None:

@@ -37,3 +37,5 @@ def test_ftlight_and_generate_give_the_same_answers(monkeypatch) -> None:
     assert results["ftlight"]["tokens"] == results["hf_generate"]["tokens"] > 0
     for result in results.values():
         assert result["evaluation_seconds"] >= result["seconds"] > 0
+        # every answer token after the first is one decoding step's (rows stop at their end)
+        assert result["decode_steps"] > 0 and result["full_step_ms"] > 0
