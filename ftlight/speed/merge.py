@@ -15,6 +15,11 @@ kept aside with their original values, and put back after it on leaving. A weigh
 another parameter (a head tied to the embedding) is folded into a copy instead, so the other
 user keeps the original. An adapter that is still zero (before training) is skipped, with no
 fold at all.
+
+Costs, for SmolLM2-135M's 210 adapted layers (425 MB) on a 2-core VM: folding 0.5 s and putting
+back 0.2 s; the first fold of a run 2.7-3.4 s, as weights loaded from a safetensors file are a
+private mapping of it and writing them copies each 4 KB page once (memory stays the same: the
+copies replace the file's pages).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class _Fold:
     copy_of: nn.Parameter | None = None  # the original weight, when the fold went to a copy
     wrong: torch.Tensor | None = None  # flat positions the subtraction would not restore
     kept: torch.Tensor | None = None  # their original values
-    checksum: int = 0
+    factors: tuple = ()  # the adapters' A and B as folded (object and version of each)
 
 
 @contextmanager
@@ -89,7 +94,7 @@ def _fold_weight(fold: _Fold, tied: set[int]) -> None:
     bits = _BITS[original.dtype]
     wrong = (back.view(bits) != original.view(bits)).flatten().nonzero().squeeze(1)
     fold.wrong, fold.kept = wrong, original.flatten()[wrong]
-    fold.checksum = _checksum(original)
+    fold.factors = _factors(fold)
     original.copy_(merged)
 
 
@@ -102,14 +107,14 @@ def _restore(fold: _Fold) -> None:
     if fold.wrong is None:
         return  # not folded
     weight = base.weight.detach()
+    if _factors(fold) != fold.factors:  # the fold can only be taken out as it was made
+        log.warning(
+            "a LoRA adapter changed while merged for evaluation: its layer's frozen weight "
+            "did not come back bit for bit and differs by rounding"
+        )
     back = _minus(weight, [fold.layer.get_delta_weight(name) for name in fold.adapters])
     back.view(-1)[fold.wrong] = fold.kept
     weight.copy_(back)
-    if _checksum(weight) != fold.checksum:  # the adapter changed inside the block
-        log.warning(
-            "a LoRA layer's frozen weight did not come back bit for bit after evaluation "
-            "(its adapter changed while merged); it differs by rounding"
-        )
 
 
 def _plus(weight: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
@@ -126,8 +131,12 @@ def _minus(weight: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
     return total.to(weight.dtype)
 
 
-def _checksum(weight: torch.Tensor) -> int:
-    return int(weight.view(_BITS[weight.dtype]).sum(dtype=torch.int64))
+def _factors(fold: _Fold) -> tuple:
+    """Each adapter's A and B weights and their in-place versions: the same ones give the same
+    delta again (the same product of the same tensors)."""
+    layer = fold.layer
+    tensors = [m[name].weight for name in fold.adapters for m in (layer.lora_A, layer.lora_B)]
+    return tuple((id(t), t._version) for t in tensors)
 
 
 def _tied_storages(model: nn.Module) -> set[int]:
