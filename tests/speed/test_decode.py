@@ -176,18 +176,21 @@ def test_merged_lora_is_undone_when_the_block_fails(tiny_chat_llama) -> None:
     assert not any(layer.merged for layer in _lora_layers(model))
 
 
-def test_merged_lora_restores_bf16_weights_bit_for_bit(tiny_chat_llama) -> None:
-    """Frozen weights kept in bf16 (``frozen_cast``) fold and come back exactly too."""
+def test_trained_adapters_over_bf16_weights_stay_unmerged(tiny_chat_llama) -> None:
+    """Frozen weights kept in bf16 (``frozen_cast``): folding would round most of the adapter's
+    update away, so their trained adapters keep running beside the weights."""
     model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float())
-    for layer in _lora_layers(model):
+    layers = _lora_layers(model)
+    for layer in layers[:2]:
         base = layer.get_base_layer()
         base.weight = torch.nn.Parameter(base.weight.detach().bfloat16(), requires_grad=False)
-    assert any(_subtraction_misses(layer) for layer in _lora_layers(model))
     bits = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = torch.arange(3, 30).reshape(1, -1)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         unmerged = model(input_ids=ids).logits.float()
-        with merged_lora(model):
+        with merged_lora(model) as n:
+            assert n == len(layers) - 2
+            assert [layer.merged for layer in layers[:2]] == [False, False]
             merged = model(input_ids=ids).logits.float()
     torch.testing.assert_close(merged, unmerged, rtol=0.05, atol=0.05)
     for name, p in model.named_parameters():
