@@ -148,7 +148,10 @@ def _tied_storages(model: nn.Module) -> set[int]:
     seen: set[int] = set()
     tied: set[int] = set()
     for _, p in model.named_parameters(remove_duplicate=False):
-        ptr = p.untyped_storage().data_ptr()
+        try:
+            ptr = p.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # a tensor subclass without one storage
+            continue
         (tied if ptr in seen else seen).add(ptr)
     return tied
 
@@ -171,4 +174,8 @@ def _mergeable(model: nn.Module) -> Iterator[nn.Module]:
             continue
         if getattr(module, "fan_in_fan_out", False):
             continue
+        if any(
+            a in module.lora_B and module.lora_B[a].bias is not None for a in module.active_adapters
+        ):
+            continue  # lora_bias: the fold would leave out B's bias
         yield module

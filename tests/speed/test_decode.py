@@ -238,6 +238,19 @@ def _subtraction_misses(layer) -> bool:
     return not torch.equal(back, weight)
 
 
+def test_adapters_with_a_bias_stay_unmerged(tiny_chat_llama) -> None:
+    """``lora_bias``: B has a bias the weight fold would leave out."""
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float(), lora_bias=True)
+    ids = torch.arange(3, 30).reshape(1, -1)
+    with torch.no_grad():
+        for layer in _lora_layers(model):
+            torch.nn.init.normal_(layer.lora_B["default"].bias, std=0.05)
+        unmerged = model(input_ids=ids).logits
+        with merged_lora(model) as n:
+            assert n == 0
+            assert torch.equal(model(input_ids=ids).logits, unmerged)
+
+
 def test_dora_layers_stay_unmerged(tiny_chat_llama) -> None:
     model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float(), use_dora=True)
     with merged_lora(model) as n:
