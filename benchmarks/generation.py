@@ -27,8 +27,10 @@ whether every system produced the same tokens. It also times every decoding step
 one new token per row): ``steps`` counts them, and ``ms/step, all rows`` is the median step
 while every row of a batch is still answering, the cost of a step at equal width, whatever
 the answers' lengths (a trained adapter computed beside its layers, for instance, shows
-there). llama.cpp's Python bindings are not compared:
-``llama-cpp-python`` has no binary wheel on PyPI, only a source build.
+there). Each pass also prints how long ``merged_lora`` took to fold the adapters in and to
+put the weights back (not part of the pass's seconds; the first fold of a process is the
+slowest, as it makes the model file's mapped pages private). llama.cpp's Python bindings are
+not compared: ``llama-cpp-python`` has no binary wheel on PyPI, only a source build.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for _ in range(opts.repeats):
         for system in systems:
             result, outs = _time(system, model, task, batches, autocast)
+            print(
+                f"[{system}] evaluation pass {result['evaluation_seconds']:.1f} s; LoRA folded "
+                f"in {result['fold_seconds']:.2f} s, put back in {result['unfold_seconds']:.2f} s"
+            )
             if system not in best or result["seconds"] < best[system]["seconds"]:
                 best[system] = result
             outputs[system] = outs
@@ -179,35 +185,42 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
     grouped = grouped_kv(next(model.parameters()).device.type) if ours else contextlib.nullcontext()
     steps: list[tuple[int, int, float]] = []  # (rows of the batch, rows stepped, seconds)
     timer = _StepTimer(model, steps)
-    with torch.inference_mode(), autocast, merged, grouped, timer:
-        for b in batches:
-            timer.rows = len(b["input_ids"])
-            start = time.perf_counter()
-            scored = task.evaluation_outputs(
-                model, {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
-            )
-            middle = time.perf_counter()
-            ids, mask = b["gen_input_ids"], b["gen_attention_mask"]
-            if ours:
-                prompted = scored.prompts and scored.prompts.prompted(
-                    scored.predictions, b["input_ids"], ids, mask
+    with torch.inference_mode(), autocast, contextlib.ExitStack() as merging:
+        began = time.perf_counter()
+        merging.enter_context(merged)
+        folding = time.perf_counter() - began
+        with grouped, timer:
+            for b in batches:
+                timer.rows = len(b["input_ids"])
+                start = time.perf_counter()
+                scored = task.evaluation_outputs(
+                    model, {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
                 )
-                new = greedy_decode(
-                    model, ids, mask, task.max_new_tokens, eos, pad, prompted=prompted
-                )
-            else:
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    do_sample=False,
-                    max_new_tokens=task.max_new_tokens,
-                    eos_token_id=eos,
-                    pad_token_id=pad,
-                )
-                new = out[:, ids.shape[1] :]
-            outs.append(new)
-            scoring += middle - start
-            generating += time.perf_counter() - middle
+                middle = time.perf_counter()
+                ids, mask = b["gen_input_ids"], b["gen_attention_mask"]
+                if ours:
+                    prompted = scored.prompts and scored.prompts.prompted(
+                        scored.predictions, b["input_ids"], ids, mask
+                    )
+                    new = greedy_decode(
+                        model, ids, mask, task.max_new_tokens, eos, pad, prompted=prompted
+                    )
+                else:
+                    out = model.generate(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        do_sample=False,
+                        max_new_tokens=task.max_new_tokens,
+                        eos_token_id=eos,
+                        pad_token_id=pad,
+                    )
+                    new = out[:, ids.shape[1] :]
+                outs.append(new)
+                scoring += middle - start
+                generating += time.perf_counter() - middle
+        began = time.perf_counter()
+        merging.close()
+        unfolding = time.perf_counter() - began
     tokens = sum(_answer_tokens(o, eos, pad) for o in outs)
     full = [seconds for rows, stepped, seconds in steps if stepped == rows]
     result = {
@@ -216,6 +229,8 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
         "tokens_per_s": tokens / generating,
         "scoring_seconds": scoring,
         "evaluation_seconds": scoring + generating,
+        "fold_seconds": folding,
+        "unfold_seconds": unfolding,
         "decode_steps": len(steps),
         "full_step_ms": 1000 * statistics.median(full) if full else float("nan"),
     }

@@ -122,17 +122,17 @@ def _restore(fold: _Fold) -> None:
 
 
 def _plus(weight: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
-    total = weight.float()
+    """``weight`` plus each delta in turn, in a new tensor (float32 weights only are folded)."""
     for delta in deltas:
-        total = total + delta.float()
-    return total.to(weight.dtype)
+        weight = weight + delta
+    return weight
 
 
 def _minus(weight: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
-    total = weight.float()
+    """``_plus`` taken back: each delta subtracted in the reverse order, in a new tensor."""
     for delta in reversed(deltas):
-        total = total - delta.float()
-    return total.to(weight.dtype)
+        weight = weight - delta
+    return weight
 
 
 def _factors(fold: _Fold) -> tuple:
