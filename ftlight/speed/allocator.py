@@ -1,4 +1,4 @@
-"""Run ftlight's commands on tcmalloc or jemalloc when the machine has one.
+"""Run ftlight's commands on a faster malloc than the C library's.
 
 Training with variable batch shapes (length-grouped, dynamically padded rows) fragments
 glibc's heap. On a 2-core CPU, SmolLM2-135M + LoRA with glibc's malloc slowed from about 290
@@ -8,12 +8,19 @@ steps averaged about 285 tokens/s under jemalloc and about 350 under tcmalloc, a
 can only be chosen before the process starts, so the console entry points re-execute
 themselves once with the library in ``LD_PRELOAD``, as PyTorch's own CPU launcher does.
 
+tcmalloc and jemalloc are system packages. Where neither is installed, ftlight uses mimalloc
+from its ``cmeel-mimalloc`` dependency (a wheel on Linux x86-64 and aarch64), with freed
+memory kept for reuse rather than handed back to the kernel (``MIMALLOC_PURGE_DELAY=-1``):
+mimalloc's default purging re-faulted the training step's buffers every step and was slower
+than glibc's malloc (see README, performance).
+
 ``FTLIGHT_ALLOCATOR`` controls it: ``auto`` (default) uses the first library found, ``system``
 keeps the C library's malloc, and a path preloads that file.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -26,6 +33,14 @@ LIBRARIES = (  # in order of preference: tcmalloc was the fastest here, for trai
     "libjemalloc.so.2",
     "libjemalloc.so",
 )
+BUNDLED = ("cmeel-mimalloc", "libmimalloc.so")
+"""The distribution that ships a malloc library with ftlight, and the library's file name."""
+SETTINGS: dict[str, dict[str, str]] = {
+    # kept for reuse, not returned to the kernel: each training step frees and reallocates
+    # the same buffers, and purging them made every step fault them in again
+    "mimalloc": {"MIMALLOC_PURGE_DELAY": "-1"},
+}
+"""Environment settings per library, applied unless the user set them."""
 
 
 def search_dirs() -> list[Path]:
@@ -40,22 +55,43 @@ def search_dirs() -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def find_allocator(dirs: list[Path] | None = None) -> Path | None:
-    """The first tcmalloc or jemalloc shared library found, or None."""
+def bundled_allocator() -> Path | None:
+    """mimalloc as installed with ftlight (``cmeel-mimalloc``), or None where it is not."""
+    dist_name, file_name = BUNDLED
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        if file.name == file_name:
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    return None
+
+
+def find_allocator(dirs: list[Path] | None = None, *, bundled: bool = True) -> Path | None:
+    """The first tcmalloc or jemalloc shared library found, else ftlight's mimalloc, or None.
+
+    ``dirs`` replaces the system folders searched; ``bundled=False`` leaves mimalloc out.
+    """
     for name in LIBRARIES:
         for folder in dirs if dirs is not None else search_dirs():
             if (folder / name).is_file():
                 return folder / name
-    return None
+    return bundled_allocator() if bundled else None
+
+
+def _family(lib: str) -> str | None:
+    return next((tag for tag in ("tcmalloc", "jemalloc", "mimalloc") if tag in lib), None)
 
 
 def _already_fast(env: dict[str, str]) -> bool:
-    preload = env.get("LD_PRELOAD", "")
-    return bool(env.get(_DONE)) or any(tag in preload for tag in ("jemalloc", "tcmalloc"))
+    return bool(env.get(_DONE)) or _family(env.get("LD_PRELOAD", "")) is not None
 
 
 def preload_command(
-    env: dict[str, str] | None = None, dirs: list[Path] | None = None
+    env: dict[str, str] | None = None, dirs: list[Path] | None = None, *, bundled: bool = True
 ) -> tuple[list[str], dict[str, str]] | None:
     """The command and environment to re-execute with, or None to carry on as we are."""
     env = dict(os.environ if env is None else env)
@@ -65,7 +101,7 @@ def preload_command(
     if _already_fast(env):
         return None
     if choice in ("auto", ""):
-        lib = find_allocator(dirs)
+        lib = find_allocator(dirs, bundled=bundled)
         if lib is None:
             return None
     else:
@@ -77,6 +113,8 @@ def preload_command(
             )
     env["LD_PRELOAD"] = " ".join(p for p in (str(lib), env.get("LD_PRELOAD", "")) if p)
     env[_DONE] = str(lib)
+    for key, value in SETTINGS.get(_family(lib.name) or "", {}).items():
+        env.setdefault(key, value)
     return [sys.executable, *sys.orig_argv[1:]], env
 
 
@@ -84,23 +122,27 @@ def describe() -> str:
     """One line for the log: the malloc this process runs on, with a hint when it is glibc's."""
     active = os.environ.get(_DONE)
     if active or _already_fast(dict(os.environ)):
-        return f"host malloc: {active or os.environ.get('LD_PRELOAD')}"
+        lib = active or os.environ.get("LD_PRELOAD", "")
+        settings = [
+            f"{k}={os.environ[k]}" for k in SETTINGS.get(_family(lib) or "", {}) if k in os.environ
+        ]
+        return f"host malloc: {lib}" + (f" ({', '.join(settings)})" if settings else "")
     if os.environ.get(ENV, "auto") in ("auto", "") and sys.platform.startswith("linux"):
         return (
-            "host malloc: the C library's; install tcmalloc (apt-get install "
-            "libtcmalloc-minimal4) for faster, steadier CPU training: ftlight's commands "
-            "preload it when found"
+            "host malloc: the C library's; reinstall ftlight with its dependencies (mimalloc "
+            "from cmeel-mimalloc) or install tcmalloc (apt-get install libtcmalloc-minimal4) "
+            "for faster, steadier CPU training: ftlight's commands preload it when found"
         )
     return "host malloc: the C library's"
 
 
-def use_fast_allocator(dirs: list[Path] | None = None) -> None:
-    """Re-execute this command under tcmalloc/jemalloc if one is installed (see module doc).
+def use_fast_allocator(dirs: list[Path] | None = None, *, bundled: bool = True) -> None:
+    """Re-execute this command under tcmalloc/jemalloc/mimalloc if found (see module doc).
 
     Call it first thing in a console entry point, before anything heavy is imported; it returns
     when no library is found, when one is already loaded, or when ``FTLIGHT_ALLOCATOR=system``.
     """
-    plan = preload_command(dirs=dirs)
+    plan = preload_command(dirs=dirs, bundled=bundled)
     if plan is None:
         return
     argv, env = plan

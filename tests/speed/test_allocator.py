@@ -1,8 +1,9 @@
-"""The console commands re-execute once under tcmalloc/jemalloc when one is installed."""
+"""The console commands re-execute once under tcmalloc/jemalloc/mimalloc."""
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ PROBE = (
     "from pathlib import Path\n"
     "from ftlight.speed.allocator import use_fast_allocator\n"
     "probe_dir = os.environ.get('PROBE_DIR')\n"
-    "use_fast_allocator([Path(probe_dir)] if probe_dir else None)\n"
+    "use_fast_allocator([Path(probe_dir)] if probe_dir else None, bundled=not probe_dir)\n"
     "maps = open('/proc/self/maps').read()\n"
     "print(os.environ.get('LD_PRELOAD', ''))\n"
     "print(sys.argv[1:])\n"
@@ -36,7 +37,7 @@ def test_tcmalloc_is_preferred_over_jemalloc_in_any_folder(tmp_path: Path) -> No
     tc = _lib(tmp_path / "b", "libtcmalloc_minimal.so.4")
     assert allocator.find_allocator([tmp_path / "a", tmp_path / "b"]) == tc
     assert allocator.find_allocator([tmp_path / "a"]) == tmp_path / "a" / "libjemalloc.so.2"
-    assert allocator.find_allocator([tmp_path / "empty"]) is None
+    assert allocator.find_allocator([tmp_path / "empty"], bundled=False) is None
 
 
 def test_auto_prepends_the_library_and_reruns_the_same_command(tmp_path: Path) -> None:
@@ -62,7 +63,41 @@ def test_left_alone_when_asked_or_already_fast(tmp_path: Path, env: dict[str, st
 
 
 def test_nothing_installed_means_no_reexec(tmp_path: Path) -> None:
-    assert allocator.preload_command({}, [tmp_path]) is None
+    assert allocator.preload_command({}, [tmp_path], bundled=False) is None
+
+
+BUNDLED = allocator.bundled_allocator()
+NEEDS_BUNDLED = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")),
+    reason="cmeel-mimalloc is a dependency on Linux x86-64/aarch64 only",
+)
+
+
+@NEEDS_BUNDLED
+def test_the_bundled_mimalloc_is_installed_with_ftlight() -> None:
+    assert BUNDLED is not None, "cmeel-mimalloc is missing: pip install -e . installs it"
+    assert BUNDLED.name == "libmimalloc.so" and BUNDLED.stat().st_size > 100_000
+    assert BUNDLED.read_bytes()[:4] == b"\x7fELF"
+
+
+@NEEDS_BUNDLED
+def test_system_libraries_come_first_then_the_bundled_mimalloc(tmp_path: Path) -> None:
+    tc = _lib(tmp_path / "sys", "libtcmalloc_minimal.so.4")
+    assert allocator.find_allocator([tmp_path / "sys"]) == tc
+    assert allocator.find_allocator([tmp_path / "empty"]) == BUNDLED
+    assert allocator.find_allocator([tmp_path / "empty"], bundled=False) is None
+
+
+@NEEDS_BUNDLED
+def test_mimalloc_keeps_freed_memory_unless_the_user_says_otherwise(tmp_path: Path) -> None:
+    _, env = allocator.preload_command({}, [tmp_path])
+    assert env["LD_PRELOAD"] == str(BUNDLED) and env["MIMALLOC_PURGE_DELAY"] == "-1"
+    _, env = allocator.preload_command({"MIMALLOC_PURGE_DELAY": "10"}, [tmp_path])
+    assert env["MIMALLOC_PURGE_DELAY"] == "10"
+    # tcmalloc/jemalloc get no mimalloc settings
+    _lib(tmp_path, "libjemalloc.so.2")
+    _, env = allocator.preload_command({}, [tmp_path])
+    assert "MIMALLOC_PURGE_DELAY" not in env
 
 
 def test_a_missing_explicit_library_is_a_clear_error(tmp_path: Path) -> None:
@@ -133,8 +168,9 @@ def test_auto_finds_an_installed_allocator_and_restarts_under_it(tmp_path: Path)
 
 @pytest.mark.skipif(
     allocator.find_allocator() is None,
-    reason="tcmalloc/jemalloc not installed (optional system package); the same restart is "
-    "tested with a stand-in in test_auto_finds_an_installed_allocator_and_restarts_under_it",
+    reason="no tcmalloc/jemalloc (system packages) and no cmeel-mimalloc (Linux x86-64/aarch64 "
+    "only); the same restart is tested with a stand-in in "
+    "test_auto_finds_an_installed_allocator_and_restarts_under_it",
 )
 def test_auto_loads_the_allocator_installed_on_this_machine() -> None:
     lib = allocator.find_allocator()
@@ -142,11 +178,37 @@ def test_auto_loads_the_allocator_installed_on_this_machine() -> None:
     assert preload == str(lib) and loaded == "True"
 
 
+@NEEDS_BUNDLED
+def test_the_restarted_process_runs_on_mimalloc_with_its_settings() -> None:
+    # mimalloc's own report of its options (MIMALLOC_VERBOSE) shows what the process runs with
+    skip = ("LD_PRELOAD", "FTLIGHT_ALLOCATOR", "MIMALLOC_", "PROBE_DIR")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+    script = (
+        "from pathlib import Path\n"
+        "from ftlight.speed.allocator import use_fast_allocator\n"
+        "use_fast_allocator([Path('/nonexistent')])\n"
+        "print(open('/proc/self/maps').read().count('libmimalloc'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "MIMALLOC_VERBOSE": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert int(out.stdout.strip()) > 0
+    assert "option 'purge_delay': -1" in out.stderr
+
+
 def test_the_log_line_names_the_library_or_says_how_to_get_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FTLIGHT_ALLOCATOR_ACTIVE", "/usr/lib/libjemalloc.so.2")
+    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "-1")
     assert allocator.describe() == "host malloc: /usr/lib/libjemalloc.so.2"
+    monkeypatch.setenv("FTLIGHT_ALLOCATOR_ACTIVE", "/x/libmimalloc.so")
+    assert allocator.describe() == "host malloc: /x/libmimalloc.so (MIMALLOC_PURGE_DELAY=-1)"
     monkeypatch.delenv("FTLIGHT_ALLOCATOR_ACTIVE")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     monkeypatch.setenv("FTLIGHT_ALLOCATOR", "system")
