@@ -129,9 +129,10 @@ def describe() -> str:
         return f"host malloc: {lib}" + (f" ({', '.join(settings)})" if settings else "")
     if os.environ.get(ENV, "auto") in ("auto", "") and sys.platform.startswith("linux"):
         return (
-            "host malloc: the C library's; reinstall ftlight with its dependencies (mimalloc "
-            "from cmeel-mimalloc) or install tcmalloc (apt-get install libtcmalloc-minimal4) "
-            "for faster, steadier CPU training: ftlight's commands preload it when found"
+            "host malloc: the C library's; install mimalloc (pip install cmeel-mimalloc, which "
+            "ftlight's install brings on Linux x86-64/aarch64) or tcmalloc (apt-get install "
+            "libtcmalloc-minimal4) for faster, steadier CPU training: ftlight's commands "
+            "preload it when found"
         )
     return "host malloc: the C library's"
 

@@ -215,4 +215,5 @@ def test_the_log_line_names_the_library_or_says_how_to_get_one(
     assert allocator.describe() == "host malloc: the C library's"
     monkeypatch.setenv("FTLIGHT_ALLOCATOR", "auto")
     if sys.platform.startswith("linux"):
+        assert "pip install cmeel-mimalloc" in allocator.describe()
         assert "apt-get install libtcmalloc-minimal4" in allocator.describe()
