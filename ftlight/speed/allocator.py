@@ -10,10 +10,9 @@ themselves once with the library in ``LD_PRELOAD``, as PyTorch's own CPU launche
 
 tcmalloc and jemalloc are system packages. Where neither is installed, ftlight uses mimalloc
 from its ``cmeel-mimalloc`` dependency (a wheel on Linux x86-64 and aarch64), with freed
-memory handed back to the kernel only after 10 s unused (``MIMALLOC_PURGE_DELAY=10000``):
-mimalloc's default of 10 ms purged the training step's buffers between uses, every step faulted
-them in again, and it was slower than glibc's malloc. Never purging was as fast but kept each
-phase's memory until the process ended (see README, performance).
+memory kept for reuse rather than handed back to the kernel (``MIMALLOC_PURGE_DELAY=-1``):
+mimalloc's default purging re-faulted the training step's buffers every step and was slower
+than glibc's malloc (see README, performance).
 
 ``FTLIGHT_ALLOCATOR`` controls it: ``auto`` (default) uses the first library found, ``system``
 keeps the C library's malloc, and a path preloads that file.
@@ -37,10 +36,9 @@ LIBRARIES = (  # in order of preference: tcmalloc was the fastest here, for trai
 BUNDLED = ("cmeel-mimalloc", "libmimalloc.so")
 """The distribution that ships a malloc library with ftlight, and the library's file name."""
 SETTINGS: dict[str, dict[str, str]] = {
-    # freed memory is returned to the kernel after 10 s unused, not 10 ms: each training step
-    # frees and reallocates the same buffers, and purging them in between made every step
-    # fault them in again; memory a finished phase leaves still goes back
-    "mimalloc": {"MIMALLOC_PURGE_DELAY": "10000"},
+    # kept for reuse, not returned to the kernel: each training step frees and reallocates
+    # the same buffers, and purging them made every step fault them in again
+    "mimalloc": {"MIMALLOC_PURGE_DELAY": "-1"},
 }
 """Environment settings per library, applied unless the user set them."""
 

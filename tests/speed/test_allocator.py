@@ -91,7 +91,7 @@ def test_system_libraries_come_first_then_the_bundled_mimalloc(tmp_path: Path) -
 @NEEDS_BUNDLED
 def test_mimalloc_keeps_freed_memory_unless_the_user_says_otherwise(tmp_path: Path) -> None:
     _, env = allocator.preload_command({}, [tmp_path])
-    assert env["LD_PRELOAD"] == str(BUNDLED) and env["MIMALLOC_PURGE_DELAY"] == "10000"
+    assert env["LD_PRELOAD"] == str(BUNDLED) and env["MIMALLOC_PURGE_DELAY"] == "-1"
     _, env = allocator.preload_command({"MIMALLOC_PURGE_DELAY": "10"}, [tmp_path])
     assert env["MIMALLOC_PURGE_DELAY"] == "10"
     # tcmalloc/jemalloc get no mimalloc settings
@@ -198,17 +198,17 @@ def test_the_restarted_process_runs_on_mimalloc_with_its_settings() -> None:
         timeout=120,
     )
     assert int(out.stdout.strip()) > 0
-    assert "option 'purge_delay': 10000" in out.stderr
+    assert "option 'purge_delay': -1" in out.stderr
 
 
 def test_the_log_line_names_the_library_or_says_how_to_get_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FTLIGHT_ALLOCATOR_ACTIVE", "/usr/lib/libjemalloc.so.2")
-    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "10000")
+    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "-1")
     assert allocator.describe() == "host malloc: /usr/lib/libjemalloc.so.2"
     monkeypatch.setenv("FTLIGHT_ALLOCATOR_ACTIVE", "/x/libmimalloc.so")
-    assert allocator.describe() == "host malloc: /x/libmimalloc.so (MIMALLOC_PURGE_DELAY=10000)"
+    assert allocator.describe() == "host malloc: /x/libmimalloc.so (MIMALLOC_PURGE_DELAY=-1)"
     monkeypatch.delenv("FTLIGHT_ALLOCATOR_ACTIVE")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     monkeypatch.setenv("FTLIGHT_ALLOCATOR", "system")
