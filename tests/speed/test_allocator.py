@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -69,7 +70,8 @@ def test_nothing_installed_means_no_reexec(tmp_path: Path) -> None:
 BUNDLED = allocator.bundled_allocator()
 NEEDS_BUNDLED = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")),
-    reason="cmeel-mimalloc is a dependency on Linux x86-64/aarch64 only",
+    reason="cmeel-mimalloc is a dependency on Linux x86-64/aarch64 only (its wheels); the "
+    "order and settings are tested everywhere with a stand-in library",
 )
 
 
@@ -80,24 +82,46 @@ def test_the_bundled_mimalloc_is_installed_with_ftlight() -> None:
     assert BUNDLED.read_bytes()[:4] == b"\x7fELF"
 
 
-@NEEDS_BUNDLED
-def test_system_libraries_come_first_then_the_bundled_mimalloc(tmp_path: Path) -> None:
+def _stand_in_bundled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake ``libmimalloc.so`` as the bundled library, so that the order and settings are
+    checked on every platform; the real wheel's file is checked where it is a dependency."""
+    lib = _lib(tmp_path / "wheel", "libmimalloc.so")
+    monkeypatch.setattr(allocator, "bundled_allocator", lambda: lib)
+    return lib
+
+
+def test_system_libraries_come_first_then_the_bundled_mimalloc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mi = _stand_in_bundled(tmp_path, monkeypatch)
     tc = _lib(tmp_path / "sys", "libtcmalloc_minimal.so.4")
     assert allocator.find_allocator([tmp_path / "sys"]) == tc
-    assert allocator.find_allocator([tmp_path / "empty"]) == BUNDLED
+    assert allocator.find_allocator([tmp_path / "empty"]) == mi
     assert allocator.find_allocator([tmp_path / "empty"], bundled=False) is None
 
 
-@NEEDS_BUNDLED
-def test_mimalloc_keeps_freed_memory_unless_the_user_says_otherwise(tmp_path: Path) -> None:
+def test_mimalloc_keeps_freed_memory_unless_the_user_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mi = _stand_in_bundled(tmp_path, monkeypatch)
     _, env = allocator.preload_command({}, [tmp_path])
-    assert env["LD_PRELOAD"] == str(BUNDLED) and env["MIMALLOC_PURGE_DELAY"] == "-1"
+    assert env["LD_PRELOAD"] == str(mi) and env["MIMALLOC_PURGE_DELAY"] == "-1"
     _, env = allocator.preload_command({"MIMALLOC_PURGE_DELAY": "10"}, [tmp_path])
     assert env["MIMALLOC_PURGE_DELAY"] == "10"
     # tcmalloc/jemalloc get no mimalloc settings
     _lib(tmp_path, "libjemalloc.so.2")
     _, env = allocator.preload_command({}, [tmp_path])
     assert "MIMALLOC_PURGE_DELAY" not in env
+
+
+def test_no_bundled_library_where_the_wheel_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    assert allocator.bundled_allocator() is None
 
 
 def test_a_missing_explicit_library_is_a_clear_error(tmp_path: Path) -> None:
