@@ -225,7 +225,8 @@ def _raise_field_size_limit() -> None:
 
 
 def _parse_delimited(handle: IO[str], path: Path, delimiter: str) -> list[dict[str, Any]]:
-    reader = csv.reader(handle, delimiter=delimiter)
+    lines: list[str] = []  # the physical lines of the row being read
+    reader = csv.reader(_recording(handle, lines), delimiter=delimiter)
     try:
         header = next(reader, None)
         if header is None:
@@ -237,10 +238,16 @@ def _parse_delimited(handle: IO[str], path: Path, delimiter: str) -> list[dict[s
                 "unique name."
             )
         records = []
-        for row in reader:
+        while True:
+            lines.clear()
+            row = next(reader, None)
+            if row is None:
+                break
             if not row:
                 continue
             row_number = len(records) + 1
+            if len(lines) > 1 and _each_a_row(lines, delimiter, len(header)):
+                raise _stray_quote_error(path, row_number, reader.line_num - len(lines) + 1, lines)
             if len(row) != len(header):
                 raise DataError(
                     f"{path} row {row_number} (line {reader.line_num}): has {len(row)} "
@@ -256,6 +263,33 @@ def _parse_delimited(handle: IO[str], path: Path, delimiter: str) -> list[dict[s
             "Check the quoting around that line."
         ) from err
     return records
+
+
+def _recording(handle: IO[str], lines: list[str]) -> Iterator[str]:
+    """The lines of ``handle``, each also appended to ``lines`` as csv reads it."""
+    for line in handle:
+        lines.append(line)
+        yield line
+
+
+def _each_a_row(lines: list[str], delimiter: str, columns: int) -> bool:
+    """Whether every one of ``lines``, read without quote handling, is a whole row by itself."""
+    return all(len(line.rstrip("\r\n").split(delimiter)) == columns for line in lines)
+
+
+def _stray_quote_error(path: Path, row: int, line: int, lines: list[str]) -> DataError:
+    # A quote opening a field makes csv read on to the next quote, however many lines away;
+    # an unquoted export with one literal quote would silently merge rows into one text.
+    kind = "TSV" if path.name.lower().removesuffix(".gz").endswith(".tsv") else "CSV"
+    first = lines[0].rstrip("\r\n")
+    shown = first if len(first) <= 80 else first[:77] + "..."
+    return DataError(
+        f'{path} row {row} (line {line}): a field starts with a quote (") that is not closed on '
+        f"that line, so the {kind} reader ran on over {len(lines)} lines ({line} to "
+        f"{line + len(lines) - 1}) that each look like a row of their own: {shown!r}. If the "
+        'quote is part of the text, quote the whole field and double the quote ("""...") or '
+        "remove it; if the field really spans several lines, close its quote."
+    )
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:

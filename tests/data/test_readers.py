@@ -252,3 +252,35 @@ def test_extension_is_case_insensitive(tmp_path):
     path = tmp_path / "TRAIN.JSONL"
     path.write_text('{"a": 1}\n', encoding="utf-8")
     assert read_records(str(path)) == [{"a": 1}]
+
+
+def test_tsv_stray_quote_that_swallows_rows_is_reported_with_its_row_and_lines(tmp_path):
+    # an unquoted export: the literal quote opens a field that csv would close four lines on
+    lines = ["text\tlabel", "fine\t1", '"Great, he said\t1', "bad\t0", 'ok "really"\t0']
+    lines += ["meh\t0", "good\t1"]
+    path = tmp_path / "export.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_records(path)
+    assert str(err.value).startswith(
+        f'{path} row 2 (line 3): a field starts with a quote (") that is not closed on that '
+        "line, so the TSV reader ran on over 3 lines (3 to 5) that each look like a row of "
+        "their own: '\"Great, he said\\t1'."
+    )
+    assert 'double the quote ("""...")' in str(err.value)
+
+
+def test_csv_stray_quote_running_to_the_end_of_a_crlf_file_is_reported(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_bytes(b'\xef\xbb\xbftext,label\r\na,1\r\n"b,0\r\nc,1\r\nd,0\r\n')
+    with pytest.raises(DataError, match=r"row 2 \(line 3\).*ran on over 3 lines \(3 to 5\)"):
+        read_records(path)
+
+
+def test_quoted_fields_spanning_lines_still_read_as_one_field(tmp_path):
+    path = tmp_path / "reviews.tsv"
+    path.write_bytes(b'text\tlabel\r\n"line one\r\nline\ttwo"\t1\r\n"one line"\t0\r\n')
+    assert read_records(path) == [
+        {"text": "line one\r\nline\ttwo", "label": "1"},
+        {"text": "one line", "label": "0"},
+    ]
