@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ftlight.data import cache
 from ftlight.data.collate import EvalCollator, PackCollator, PadCollator, pack_rows
 from ftlight.data.formats import FORMATS, examples_digest, get_format
-from ftlight.data.labels import label_info
+from ftlight.data.labels import check_label_names, label_info, merge_spellings
 from ftlight.data.samplers import (
     LengthGroupedBatchSampler,
     ResumableLoader,
@@ -74,6 +74,8 @@ class FineTuneData(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.num_workers = num_workers
         self.label_names = [str(x) for x in label_names] if label_names else None
+        if self.label_names:
+            check_label_names(self.label_names)
         self.cache_tokenized = cache_tokenized
         self.tokenizer: Any = None
         self.task: Task | None = None
@@ -140,6 +142,7 @@ class FineTuneData(L.LightningDataModule):
                 if split in examples:
                     examples[split] = examples[split][: self.max_eval_samples]
         if self.task.uses_labels:
+            examples = merge_spellings(examples, self.label_names)
             self.labels = label_info(examples, self.label_names)
             self._label_ids = {name: i for i, name in enumerate(self.labels.names)}
         self.fingerprint = examples_digest(examples["train"])
