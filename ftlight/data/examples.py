@@ -3,6 +3,7 @@ errors that name the file, row and column)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -32,12 +33,16 @@ def is_missing(value: Any) -> bool:
 
 
 def as_text(value: Any) -> str | None:
-    """Return value as a string, or None when it is missing (None or NaN)."""
+    """Return value as a string spelled as JSON spells it, or None when it is missing."""
     if is_missing(value):
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, bool | int | float):
+    if isinstance(value, bool):
+        return "true" if value else "false"  # the data's spelling, not Python's True
+    if isinstance(value, float):
+        return getattr(value, "text", None) or str(value)  # 1.50 as written (JSON readers)
+    if isinstance(value, int):
         return str(value)
     return None
 
@@ -84,7 +89,8 @@ class Format:
         self, record: dict[str, Any], where: str, role: str, field: str, required: bool = True
     ) -> str | None:
         value = record.get(field)
-        text = as_text(value)
+        # a nested object (a structured answer) is trained on as the JSON text it was written as
+        text = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else as_text(value)
         if text is None and not is_missing(value):
             raise DataError(
                 f"{where}: field '{field}' ({role}) is a {type(value).__name__}, expected text. "

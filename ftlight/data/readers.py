@@ -149,6 +149,20 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+class JSONNumber(float):
+    """A JSON number with a fraction or exponent, that remembers how the file wrote it."""
+
+    def __new__(cls, text: str) -> JSONNumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return JSONNumber, (self.text,)
+
+    text: str
+
+
 class _Repeated(dict):
     """A JSON object in which ``key`` appeared more than once (the last value kept)."""
 
@@ -161,7 +175,7 @@ class _KeyCheckingDecoder:
     def __init__(self) -> None:
         self._first: _Repeated | None = None
         # one decoder per file: building it per line would double the parsing time
-        self._decoder = json.JSONDecoder(object_pairs_hook=self._build)
+        self._decoder = json.JSONDecoder(object_pairs_hook=self._build, parse_float=JSONNumber)
 
     def _build(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)

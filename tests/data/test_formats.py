@@ -318,3 +318,24 @@ def test_text_label_pair_and_field_names():
 def test_text_label_missing_text_names_row():
     with pytest.raises(DataError, match=r"^train\.csv row 7: has no field 'text'"):
         TextLabel().parse({"sentence": "a", "label": 1}, WHERE)
+
+
+# --- values keep their JSON spelling ---------------------------------------------------------
+
+
+def test_json_values_keep_their_json_spelling(tmp_path):
+    from ftlight.data.readers import read_records
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(
+        '{"instruction": "ok?", "input": 1.50, "output": true}\n'
+        '{"instruction": "big?", "input": 1e3, "output": false}\n'
+        '{"instruction": "who?", "output": {"name": "Zoë", "age": 3, "tags": [null]}}\n',
+        encoding="utf-8",
+    )
+    answers = [Alpaca().parse(r, WHERE).messages for r in read_records(path)]
+    assert answers == [
+        [user("ok?\n\n1.50"), assistant("true")],
+        [user("big?\n\n1e3"), assistant("false")],
+        [user("who?"), assistant('{"name": "Zoë", "age": 3, "tags": [null]}')],
+    ]
