@@ -1,8 +1,9 @@
-"""Every ``ftlight-train`` command the README shows works as written.
+"""Every ``ftlight-*`` command the README and the docs (``docs/*.md``) show works as written.
 
-Each command (code blocks, continuation lines joined, and inline code) is composed by Hydra
-exactly as typed; one with no placeholder and no missing file also passes the validation
-pass; the ones on tiny models or the smoke preset run.
+Each ``ftlight-train`` command (code blocks, continuation lines joined, and inline code) is
+composed by Hydra exactly as typed; one with no placeholder and no missing file also passes
+the validation pass; the ones on tiny models or the smoke preset run. Every other command's
+options are ones that command has.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from ftlight.config import CONF_DIR
 from ftlight.train import train
 from ftlight.validate import check_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 
 ILLUSTRATIONS = {"ftlight-train strategy=mine": "a plugin the reader writes (how-to section)"}
 """Commands the README shows for something that does not exist here, and why."""
 
 
-def readme_commands(text: str) -> list[str]:
-    """``ftlight-train ...`` command lines of ``text``: shell code blocks, then inline code."""
+def readme_commands(text: str, program: str = "ftlight-train") -> list[str]:
+    """``<program> ...`` command lines of ``text``: shell code blocks, then inline code."""
     shell, outside, fence = [], [], None
     for line in text.splitlines():
         if line.startswith("```"):
@@ -41,14 +44,18 @@ def readme_commands(text: str) -> list[str]:
     commands = []
     for line in "\n".join(shell).replace("\\\n", " ").splitlines():  # continuation lines
         for part in line.split("&&"):
-            words = shlex.split(part, comments=True) if "ftlight-train" in part else []
-            if words[:1] == ["ftlight-train"]:
+            words = shlex.split(part, comments=True) if program in part else []
+            if words[:1] == [program]:
                 commands.append(" ".join(words))
-    commands += re.findall(r"`(ftlight-train(?: [^`]*)?)`", "\n".join(outside))
+    commands += re.findall(rf"`({program}(?: [^`]*)?)`", "\n".join(outside))
     return list(dict.fromkeys(commands))
 
 
-COMMANDS = readme_commands(README.read_text())
+COMMANDS = list(dict.fromkeys(c for page in PAGES for c in readme_commands(page.read_text())))
+OTHER_PROGRAMS = ("ftlight-eval", "ftlight-generate", "ftlight-compare", "ftlight-strategies")
+OTHER_COMMANDS = [
+    c for page in PAGES for p in OTHER_PROGRAMS for c in readme_commands(page.read_text(), p)
+]
 
 
 def override_lists(command: str) -> tuple[list[list[str]], bool]:
@@ -124,3 +131,38 @@ def test_readme_smoke_command_runs(tmp_path: Path) -> None:
     assert (tmp_path / "model" / "config.json").is_file()
     assert metrics["train"]["data_stats"]["train"] == {"rows": 64, "truncated": 0, "dropped": 0}
     assert result.exports
+
+
+_MAINS = {
+    "ftlight-eval": "ftlight.cli.eval",
+    "ftlight-generate": "ftlight.cli.generate",
+    "ftlight-compare": "ftlight.cli.compare",
+    "ftlight-strategies": "ftlight.cli.strategies",
+}
+
+
+def _help_text(program: str, capsys: pytest.CaptureFixture, *sub: str) -> str:
+    import importlib
+
+    main = importlib.import_module(_MAINS[program]).main
+    with pytest.raises(SystemExit) as done:
+        main([*sub, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_the_other_commands_are_found() -> None:
+    """The docs show the commands that score, answer with and compare runs."""
+    programs = {c.split()[0] for c in OTHER_COMMANDS}
+    assert {"ftlight-eval", "ftlight-generate", "ftlight-compare"} <= programs
+
+
+@pytest.mark.parametrize("command", list(dict.fromkeys(OTHER_COMMANDS)))
+def test_other_command_options_exist(command: str, capsys: pytest.CaptureFixture) -> None:
+    """Every ``--option`` a docs command passes is one its program's ``--help`` lists."""
+    words = shlex.split(command)
+    program, args = words[0], words[1:]
+    sub = [args[0]] if program == "ftlight-strategies" and args and args[0] == "new" else []
+    helptext = _help_text(program, capsys, *sub)
+    for option in (w.split("=", 1)[0] for w in args if w.startswith("--")):
+        assert re.search(rf"(^|[\s,\[]){re.escape(option)}\b", helptext), (command, option)
