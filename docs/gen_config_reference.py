@@ -139,6 +139,8 @@ def config_files(root: Path = ROOT) -> list[ConfigFile]:
     conf = root / "conf"
     for path in sorted(conf.rglob("*.yaml")):
         rel = path.relative_to(conf)
+        if rel.parts[:2] == ("hydra", "job_logging"):
+            continue  # Python logging's own settings for Hydra, not options of a run
         group = "/".join(rel.parts[:-1]) or "(top level)"
         files.append(parse_file(path, group))
     for path in sorted(root.glob("plugins/*/ftlight_*/conf/strategy/*.yaml")):
