@@ -78,8 +78,12 @@ class Run(Parts):
         return score_split(self.trainer, self.module, self.data, split)
 
 
-def build_parts(cfg: DictConfig) -> Parts:
-    """Check the config, then strategy, task, source, tokenizer and prepared data."""
+def build_parts(cfg: DictConfig, label_names: Sequence[str] | None = None) -> Parts:
+    """Check the config, then strategy, task, source, tokenizer and prepared data.
+
+    ``label_names`` (class names read from a model folder) reach the data module after it is
+    built: a value read from a file never enters the config that ``instantiate`` walks.
+    """
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     PHASES.clear()  # this run's phases (metrics.json) start here
@@ -89,6 +93,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     strategy.validate(OmegaConf.to_container(cfg.trainer, resolve=True), task)
     source = instantiate(cfg.model)
     data = instantiate(cfg.data)
+    if label_names is not None:
+        data.label_names = list(label_names)
     with timed("load tokenizer", log):
         tokenizer = source.load_tokenizer()
     data.bind(tokenizer, task)
@@ -155,8 +161,11 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> L.Tr
     return trainer
 
 
-def build_run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> Run:
-    """Every object of a run, built once from its config group."""
-    parts = build_parts(cfg)
+def build_run(
+    cfg: DictConfig, callbacks: Sequence[L.Callback] = (), label_names: Sequence[str] | None = None
+) -> Run:
+    """Every object of a run, built once from its config group (``label_names``: see
+    ``build_parts``)."""
+    parts = build_parts(cfg, label_names)
     module = build_module(cfg, parts, load_model(parts))
     return Run(**vars(parts), module=module, trainer=build_trainer(cfg, callbacks))

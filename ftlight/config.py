@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import re
 from importlib.resources import files
 from pathlib import Path
 
@@ -49,6 +50,13 @@ class StrategyConfSearchPath(SearchPathPlugin):
                 )
                 continue
             search_path.append(provider=f"ftlight-plugin-{name}", path=f"file://{folder}")
+
+
+def literal(text: str) -> str:
+    """``text`` as an OmegaConf string that reads back as ``text``: a ``${...}`` in it (a
+    folder or file name) stays text instead of becoming an interpolation."""
+    # n backslashes before "${" are n literal ones when written as 2n, plus one escaping "${"
+    return re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", text)
 
 
 @functools.cache

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ftlight.config import literal
 from ftlight.files import atomic_write_text
 
 log = logging.getLogger("ftlight")
@@ -74,7 +75,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> DictConfig:
     run_dir = Path(str(cfg.run_dir))
     found = newest_checkpoint(run_dir)
     cfg = copy.deepcopy(cfg)
-    OmegaConf.update(cfg, "ckpt_path", str(found[0]) if found else None)
+    # a file name is data: a "${...}" in it must stay text, never an interpolation
+    OmegaConf.update(cfg, "ckpt_path", literal(str(found[0])) if found else None)
     if found:
         log.info("ckpt_path=auto: resuming from %s (step %d)", found[0], found[1])
     else:

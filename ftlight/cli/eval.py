@@ -8,12 +8,14 @@ import logging
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from ftlight.build import build_run
-from ftlight.config import CONF_DIR, register
+from ftlight.config import CONF_DIR, literal, register
 from ftlight.errors import FtlightError, ModelError
 from ftlight.export import find_model_dir
 from ftlight.validate import looks_like_path
@@ -22,44 +24,95 @@ log = logging.getLogger("ftlight")
 
 
 def evaluate_model(model: str, overrides: list[str], split: str = "validation") -> dict[str, float]:
-    """Metrics of ``model`` (a run folder, model folder or Hub id) on the configured data."""
+    """Metrics of ``model`` (a run folder, model folder or Hub id) on the configured data.
+
+    What the model folder's files say (its task, its class names) is checked and passed on as
+    plain values: nothing read from a file becomes config that ``instantiate`` would build.
+    """
     register()
     model_ref = model
     meta: dict = {}
     config: dict = {}
+    model_dir: Path | None = None
     if Path(model).expanduser().exists():
         model_dir = find_model_dir(model)
         model_ref = str(model_dir.resolve())
         if (model_dir / "ftlight.json").exists():
-            meta = json.loads((model_dir / "ftlight.json").read_text())
-        config = json.loads((model_dir / "config.json").read_text())
+            meta = _read_object(model_dir / "ftlight.json")
+        config = _read_object(model_dir / "config.json")
     elif looks_like_path(model):  # not a Hub id: say so without asking the Hub
         raise ModelError(
             f"ftlight-eval {model}: no such folder (looked in {Path(model).expanduser().resolve()})"
             "; give a run folder, a model folder or a Hub id (org/name)"
         )
-    given = {o.split("=", 1)[0] for o in overrides}
-    defaults = ["model=hf", f"model.name_or_path={_quoted(model_ref)}", "strategy=full"]
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    defaults = ["model=hf", f"model.name_or_path={_quoted(literal(model_ref))}", "strategy=full"]
     defaults += ["logger=none", f"eval.split={split}"]
-    if "task" not in given and meta.get("task"):
-        defaults.append(f"task={meta['task']}")
     with tempfile.TemporaryDirectory(prefix="ftlight-eval-") as tmp:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[*defaults, *overrides, f"run_dir={_quoted(tmp)}"])
+            if "task" not in given and meta.get("task") is not None:
+                defaults.append(f"task={_known_task(meta['task'], model_dir / 'ftlight.json')}")
+            run_dir = f"run_dir={_quoted(literal(tmp))}"
+            cfg = compose("config", overrides=[*defaults, *overrides, run_dir])
+        names = None
+        if config.get("id2label") and cfg.task._target_.endswith("ClassificationTask"):
+            names = _label_names(config["id2label"], model_dir / "config.json")
         with open_dict(cfg):
             cfg.callbacks.checkpoint = None
             cfg.trainer.enable_checkpointing = False
-            if config.get("id2label") and cfg.task._target_.endswith("ClassificationTask"):
-                names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-                cfg.data.label_names = names
             if cfg.data.get("train_path", "x") in (None, "???") or OmegaConf.is_missing(
                 cfg.data, "train_path"
             ):
                 # evaluation reads no training rows; labels come from the model
                 cfg.data.train_path = cfg.data.get("val_path") or cfg.data.get("test_path")
-        run = build_run(cfg)
+        run = build_run(cfg, label_names=names)
         run.module.configure_model()
         return run.evaluate(split)
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file, which must hold an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path} is not readable JSON ({err}); re-export the model") from None
+    if not isinstance(value, dict):
+        raise ModelError(
+            f"{path} holds a {type(value).__name__}, expected a JSON object; re-export the model"
+        )
+    return value
+
+
+def _known_task(task: Any, path: Path) -> str:
+    """``task`` from ``ftlight.json`` when it names a task config, else refused: a value from
+    a file must not become an override (another key, a sweep, an interpolation)."""
+    known = sorted(GlobalHydra.instance().config_loader().get_group_options("task"))
+    if isinstance(task, str) and task in known:
+        return task
+    raise ModelError(
+        f'{path}: "task" is {task!r}, expected one of {", ".join(known)}. Fix that file, or '
+        "pass task=<name> to ftlight-eval"
+    )
+
+
+def _label_names(id2label: Any, path: Path) -> list[str]:
+    """The class names of a model folder's ``config.json``, in id order; each must be text."""
+    if not isinstance(id2label, dict):
+        raise ModelError(
+            f'{path}: "id2label" is a {type(id2label).__name__}, expected an object of class '
+            'ids to class names, e.g. {"0": "negative", "1": "positive"}; fix that file'
+        )
+    names = []
+    for i in range(len(id2label)):
+        name = id2label.get(str(i))
+        if not isinstance(name, str):
+            what = "missing" if name is None else f"a {type(name).__name__}"
+            raise ModelError(
+                f'{path}: id2label["{i}"] is {what}, expected a class name (text), e.g. '
+                '{"0": "negative", "1": "positive"}; fix that file'
+            )
+        names.append(name)
+    return names
 
 
 def _quoted(value: str) -> str:
