@@ -31,6 +31,7 @@ from ftlight.preemption import Preemption, on_slurm
 from ftlight.redact import redact
 from ftlight.strategies.registry import check_strategy
 from ftlight.validate import check_config, check_run
+from ftlight.validate.sanity import check_before_weights
 
 log = logging.getLogger("ftlight")
 
@@ -103,6 +104,7 @@ def build_parts(cfg: DictConfig, label_names: Sequence[str] | None = None) -> Pa
     task.configure(tokenizer, data.references(cfg.eval.split))
     kwargs = {**task.model_kwargs(data.labels, tokenizer), **strategy.load_kwargs(task)}
     fingerprint = check_run(cfg, source, data)  # the model's limits; a resume's model and data
+    check_before_weights(cfg, strategy, source, data)  # no-op settings: a warm-up past the end
     return Parts(
         cfg, Path(cfg.run_dir), strategy, task, source, tokenizer, data, kwargs, fingerprint
     )

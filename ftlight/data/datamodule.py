@@ -15,6 +15,7 @@ from ftlight.data import cache
 from ftlight.data.collate import EvalCollator, PackCollator, PadCollator, pack_rows
 from ftlight.data.formats import FORMATS, examples_digest, get_format
 from ftlight.data.labels import check_label_names, label_info, merge_spellings
+from ftlight.data.overlap import find_overlap
 from ftlight.data.samplers import (
     LengthGroupedBatchSampler,
     ResumableLoader,
@@ -85,6 +86,8 @@ class FineTuneData(L.LightningDataModule):
         self.instruction: str | None = None
         #: hash of the parsed training rows, stored in checkpoints to match a resume to its data
         self.fingerprint: str | None = None
+        #: validation rows that copy a training row: ``count``, ``validation_rows``, ``first``
+        self.overlap: dict[str, Any] = {}
 
     # -- where records come from -----------------------------------------------------------
     def load_records(self) -> dict[str, tuple[str, list[dict[str, Any]]]]:
@@ -145,6 +148,7 @@ class FineTuneData(L.LightningDataModule):
             examples = merge_spellings(examples, self.label_names)
             self.labels = label_info(examples, self.label_names)
             self._label_ids = {name: i for i, name in enumerate(self.labels.names)}
+        self.overlap = find_overlap(examples["train"], examples["validation"])
         self.fingerprint = examples_digest(examples["train"])
         self._tokenize(examples)
 
@@ -202,13 +206,18 @@ class FineTuneData(L.LightningDataModule):
         out: list[dict[str, Any]] = []
         truncated = dropped = 0
         for where, ex in rows:
-            encoded = self.task.encode(
-                ex,
-                self.tokenizer,
-                self.max_length,
-                label_ids=getattr(self, "_label_ids", None),
-                evaluation=split != "train",
-            )
+            try:
+                encoded = self.task.encode(
+                    ex,
+                    self.tokenizer,
+                    self.max_length,
+                    label_ids=getattr(self, "_label_ids", None),
+                    evaluation=split != "train",
+                )
+            except DataError as err:  # the template's and the tokenizer's errors, with the row
+                if str(err).startswith(where):
+                    raise
+                raise DataError(f"{where}: {err}") from err
             if encoded is None:
                 dropped += 1
                 continue

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftlight.data.formats import ClassificationExample, SFTExample
+from ftlight.data.template import check_tool_support, render
 from ftlight.errors import DataError
 
 if TYPE_CHECKING:
@@ -57,9 +58,10 @@ def encode_sft(
     """Encode a conversation; None when truncation to max_length leaves no labelled token."""
     _check_max_length(max_length)
     if example.raw or not getattr(tokenizer, "chat_template", None):
+        check_tool_support(tokenizer, example.tool_calls)
         input_ids, labels = _encode_plain(example, tokenizer)
     else:
-        input_ids, labels = _encode_with_template(example.messages, tokenizer)
+        input_ids, labels = _encode_with_template(example, tokenizer)
     truncated = max_length is not None and len(input_ids) > max_length
     if truncated:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
@@ -119,7 +121,7 @@ def _encode_plain(
         labels.append(IGNORE_INDEX)
 
     prompt = ""
-    for message in example.messages:
+    for number, message in enumerate(example.messages):
         role, content = message["role"], message["content"]
         if role == "assistant":
             if not example.raw:
@@ -127,7 +129,9 @@ def _encode_plain(
             prompt_ids = _tokens(tokenizer, prompt)
             reply_ids = [*_tokens(tokenizer, content), eos_id]
             input_ids += prompt_ids + reply_ids
-            labels += [IGNORE_INDEX] * len(prompt_ids) + reply_ids
+            trained = number not in example.untrained
+            labels += [IGNORE_INDEX] * len(prompt_ids)
+            labels += reply_ids if trained else [IGNORE_INDEX] * len(reply_ids)
             prompt = ""
         elif example.raw:
             prompt += content
@@ -146,16 +150,24 @@ def _tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase, bos_id: int) -> bool
 
 
 def _render(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation: bool = False
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    generation: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
-    if not isinstance(text, str):
-        raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}")
-    return text
+    return render(tokenizer, messages, generation=generation, tools=tools)
+
+
+def _template_messages(example: SFTExample) -> list[dict[str, Any]]:
+    """The messages as the template reads them: each assistant turn with its tool calls."""
+    return [
+        {**m, "tool_calls": example.tool_calls[i]} if i in example.tool_calls else m
+        for i, m in enumerate(example.messages)
+    ]
 
 
 def _encode_with_template(
-    messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase
+    example: SFTExample, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[int], list[int]]:
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(
@@ -163,18 +175,24 @@ def _encode_with_template(
             "character offsets, which only fast tokenizers give. Load the tokenizer with "
             "use_fast=True (a tokenizer.json)."
         )
+    check_tool_support(tokenizer, example.tool_calls)
+    messages, tools = _template_messages(example), example.tools
     try:
-        full = _render(tokenizer, messages)
+        full = _render(tokenizer, messages, tools=tools)
+    except DataError:
+        raise
     except Exception as err:  # templates raise their own exceptions (TemplateError, ...)
         raise DataError(
             f"the chat template rejected the conversation (roles {[m['role'] for m in messages]}): "
             f"{err}. Fix the conversation or set a different chat template."
         ) from err
 
-    assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    spans = _assistant_spans(tokenizer, messages, full, assistant_turns)
+    assistant_turns = [
+        i for i, m in enumerate(messages) if m["role"] == "assistant" and i not in example.untrained
+    ]
+    spans = _assistant_spans(tokenizer, messages, full, assistant_turns, tools)
     if spans is None and assistant_turns:
-        spans = _assistant_spans(tokenizer, messages, full, assistant_turns[-1:])
+        spans = _assistant_spans(tokenizer, messages, full, assistant_turns[-1:], tools)
         if spans is not None and id(tokenizer) not in _warned_last_turn_only:
             _warned_last_turn_only.add(id(tokenizer))
             _log.warning(
@@ -212,13 +230,16 @@ def _assistant_spans(
     messages: list[dict[str, str]],
     full: str,
     turns: list[int],
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[tuple[int, int]] | None:
     """Character spans of the given assistant turns in `full`, or None if not prefix-consistent."""
     spans = []
     for i in turns:
         try:
-            prompt = _render(tokenizer, messages[:i], generation=True) if i else None
-            upto = _render(tokenizer, messages[: i + 1])
+            prompt = _render(tokenizer, messages[:i], generation=True, tools=tools) if i else None
+            upto = _render(tokenizer, messages[: i + 1], tools=tools)
+        except DataError:
+            raise
         except Exception:
             return None
         if prompt is None or not upto.startswith(prompt) or not full.startswith(upto):

@@ -5,18 +5,35 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ftlight.errors import DataError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SFTExample:
-    """A conversation to fine-tune on; `raw=True` means plain prompt + completion, no template."""
+    """A conversation to fine-tune on; `raw=True` means plain prompt + completion, no template.
+
+    ``tool_calls`` maps a message's index to the calls that assistant turn makes (OpenAI
+    shape), ``tools`` are the function schemas the conversation offers, and ``untrained`` lists
+    the assistant turns marked ``"weight": 0``: they stay in the prompt but are not learned.
+    """
 
     messages: list[dict[str, str]]
     raw: bool = False
+    tool_calls: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    untrained: tuple[int, ...] = ()
+
+    def __repr__(self) -> str:
+        # unset extras are left out, so rows without them keep the digest and cache key they had
+        extra = "".join(
+            f", {name}={getattr(self, name)!r}"
+            for name in ("tool_calls", "tools", "untrained")
+            if getattr(self, name)
+        )
+        return f"SFTExample(messages={self.messages!r}, raw={self.raw!r}{extra})"
 
 
 @dataclass(frozen=True)

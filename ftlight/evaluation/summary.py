@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ftlight.errors import StorageError
 from ftlight.evaluation.report import format_table, plot_run, write_metrics
 from ftlight.logs import PHASES
 from ftlight.redact import redact, secrets_in
@@ -47,6 +48,8 @@ def run_summary(
         "task": run.task.name,
         "model": run.source.display_name,
         "data": run.data.describe(),
+        # validation rows that copy training rows (count, first rows): scores to read with care
+        "data_overlap": getattr(run.data, "overlap", {}),
         "params": {"trainable": int(counts["trainable"]), "total": int(counts["total"])},
         "before": before,
         "after": after,
@@ -80,13 +83,27 @@ def write_report(run: Any, summary: dict[str, Any], plots: bool) -> None:
         "\n" + format_table(summary["before"], summary["after"], summary.get("few_shot")) + "\n",
         flush=True,
     )
-    # seconds and peak resident memory of each phase: load, evaluations, training, export
-    summary["phases"] = {name: dict(figures) for name, figures in PHASES.items()}
-    clean = redact(summary, secrets_in(run.cfg), by_key=False)  # keys are metric names
-    write_metrics(run.run_dir / "metrics.json", clean)
+    write_summary(run, summary)
     if plots:
         monitor = _monitor(run.trainer)
         history = monitor.loss_history() if monitor else []
         val_history = monitor.val_losses if monitor else []
         plot_run(run.run_dir, summary["before"], summary["after"], history, val_history)
     log.info("run folder: %s", run.run_dir)
+
+
+def write_summary(run: Any, summary: dict[str, Any]) -> None:
+    """Write ``metrics.json`` (secrets masked) with each phase's figures so far; written
+    before the export, and again after it. Rank 0 only."""
+    # seconds and peak resident memory of each phase: load, evaluations, training, export
+    summary["phases"] = {name: dict(figures) for name, figures in PHASES.items()}
+    clean = redact(summary, secrets_in(run.cfg), by_key=False)  # keys are metric names
+    path = run.run_dir / "metrics.json"
+    try:
+        write_metrics(path, clean)
+    except OSError as err:
+        raise StorageError(
+            f"could not write {path} ({err.strerror or err}): nothing was exported, and the "
+            "checkpoints are kept. Free some space or make the folder writable, then resume "
+            f"with ckpt_path={run.run_dir / 'checkpoints' / 'last.ckpt'}"
+        ) from err

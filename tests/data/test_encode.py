@@ -293,3 +293,130 @@ def test_classification_truncation_counts_only_rows_that_lose_tokens(
         assert "dropped" not in caplog.text  # classification rows are never dropped
     else:
         assert "truncated" not in caplog.text
+
+
+# --- turns not trained, tool calls, templates that never finish -----------------------------
+
+TOOL_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\nTools: ' + (tools | tojson) + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
+    "{{ '<tool_call>' + (call.function | tojson) + '</tool_call>' }}{% endfor %}"
+    "{% else %}{{ message['content'] }}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CALL = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+TOOL_CHAT = [
+    user("Weather in Oslo?"),
+    assistant(""),
+    {"role": "tool", "content": "rain"},
+    assistant("It rains."),
+]
+
+
+@pytest.mark.parametrize("layout", ["template", "plain"])
+def test_weight_zero_turns_stay_in_the_prompt_but_are_not_learned(
+    layout, chatml_tokenizer, plain_tokenizer
+):
+    tokenizer = chatml_tokenizer if layout == "template" else plain_tokenizer
+    end = "<|im_end|>" if layout == "template" else "</s>"
+    messages = [user("a"), assistant("bad answer"), user("b"), assistant("good answer")]
+    encoded = encode_sft(SFTExample(messages, untrained=(1,)), tokenizer, max_length=None)
+    assert labelled_spans(tokenizer, encoded) == [f"good answer{end}"]
+    assert "bad answer" in tokenizer.decode(encoded.input_ids)
+    everything = encode_sft(SFTExample(messages), tokenizer, max_length=None)
+    assert labelled_spans(tokenizer, everything) == [f"bad answer{end}", f"good answer{end}"]
+
+
+def test_tool_calls_and_tools_are_rendered_and_the_call_is_learned(chatml_tokenizer):
+    chatml_tokenizer.chat_template = TOOL_TEMPLATE
+    tools = [{"type": "function", "function": {"name": "weather"}}]
+    example = SFTExample(TOOL_CHAT, tool_calls={1: [CALL]}, tools=tools)
+    encoded = encode_sft(example, chatml_tokenizer, max_length=None)
+    text = chatml_tokenizer.decode(encoded.input_ids)
+    assert text.startswith('<|im_start|>system\nTools: [{"type": "function", "function": {"na')
+    assert labelled_spans(chatml_tokenizer, encoded) == [
+        '<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call><|im_end|>',
+        "It rains.<|im_end|>",
+    ]
+
+
+def test_tool_calls_are_refused_by_a_template_without_tool_support(chatml_tokenizer):
+    chatml_tokenizer.name_or_path = "chatml-model"
+    example = SFTExample(TOOL_CHAT, tool_calls={1: [CALL]})
+    with pytest.raises(DataError) as err:
+        encode_sft(example, chatml_tokenizer, max_length=None)
+    assert str(err.value).startswith(
+        "message 2 is a tool call, but the chat template of 'chatml-model' has no tool-call support"
+    )
+    assert "trained as an empty reply" in str(err.value)
+
+
+def test_tool_calls_are_refused_without_a_chat_template(plain_tokenizer):
+    example = SFTExample(TOOL_CHAT, tool_calls={1: [CALL]})
+    with pytest.raises(DataError, match="message 2 is a tool call, .* has no chat template"):
+        encode_sft(example, plain_tokenizer, max_length=None)
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}.{% endfor %}{% endfor %}",
+    ],
+)
+def test_a_template_that_loops_ten_billion_times_fails_within_the_limit(
+    loop, chatml_tokenizer, monkeypatch
+):
+    import time
+
+    from ftlight.data import template
+
+    monkeypatch.setattr(template, "TIME_LIMIT_S", 0.5)
+    chatml_tokenizer.chat_template = loop + chatml_tokenizer.chat_template
+    chatml_tokenizer.name_or_path = "slow-model"
+    started = time.monotonic()
+    with pytest.raises(DataError) as err:
+        encode_sft(SFTExample([user("a"), assistant("b")]), chatml_tokenizer, max_length=None)
+    assert time.monotonic() - started < 5
+    assert str(err.value).startswith(
+        "the chat template of 'slow-model' did not finish rendering a 2-message conversation "
+        "within the limit of 0.5 s"
+    )
+
+
+def test_the_time_limit_holds_outside_the_main_thread_too(chatml_tokenizer, monkeypatch):
+    import threading
+
+    from ftlight.data import template
+
+    monkeypatch.setattr(template, "TIME_LIMIT_S", 0.5)
+    chatml_tokenizer.chat_template = (
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    )
+    caught = []
+
+    def run():
+        try:
+            template.render(chatml_tokenizer, [user("a")])
+        except DataError as err:
+            caught.append(str(err))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    assert caught and "within the limit of 0.5 s" in caught[0]
+
+
+def test_an_alarm_set_before_a_render_is_given_back(chatml_tokenizer):
+    import signal
+
+    signal.setitimer(signal.ITIMER_REAL, 100)
+    try:
+        encode_sft(SFTExample([user("a"), assistant("b")]), chatml_tokenizer, max_length=None)
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    assert 90 < left <= 100

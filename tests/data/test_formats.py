@@ -339,3 +339,100 @@ def test_json_values_keep_their_json_spelling(tmp_path):
         [user("big?\n\n1e3"), assistant("false")],
         [user("who?"), assistant('{"name": "Zoë", "age": 3, "tags": [null]}')],
     ]
+
+
+# --- chat: tool calls and turn weights -----------------------------------------------------
+
+
+def test_openai_tool_calls_are_kept_with_arguments_as_objects():
+    call = {"id": "c1", "type": "function"}
+    call["function"] = {"name": "weather", "arguments": '{"city": "Oslo"}'}
+    record = {
+        "messages": [
+            user("Weather?"),
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+            assistant("It rains."),
+        ],
+        "tools": [{"type": "function", "function": {"name": "weather"}}],
+    }
+    example = Chat().parse(record, WHERE)
+    assert example.messages[1] == assistant("")
+    assert example.tool_calls == {
+        1: [
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "weather", "arguments": {"city": "Oslo"}},
+            }
+        ]
+    }
+    assert example.tools == record["tools"]
+
+
+def test_sharegpt_function_call_and_observation_turns():
+    record = {
+        "conversations": [
+            {"from": "human", "value": "Weather?"},
+            {
+                "from": "function_call",
+                "value": '{"name": "weather", "arguments": {"city": "Oslo"}}',
+            },
+            {"from": "observation", "value": "rain"},
+            {"from": "gpt", "value": "It rains."},
+        ],
+        "tools": '[{"name": "weather"}]',
+    }
+    example = Chat().parse(record, WHERE)
+    assert [m["role"] for m in example.messages] == ["user", "assistant", "tool", "assistant"]
+    assert example.messages[1] == assistant("")
+    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    assert example.tool_calls == {1: [call]}
+    assert example.tools == [{"name": "weather"}]
+
+
+def test_tool_call_arguments_that_are_not_json_are_refused():
+    call = {"type": "function", "function": {"name": "f", "arguments": "{city: Oslo}"}}
+    record = {"messages": [user("q"), {"role": "assistant", "tool_calls": [call]}, assistant("a")]}
+    with pytest.raises(DataError, match="row 7: message 2's tool call arguments is text but not"):
+        Chat().parse(record, WHERE)
+
+
+@pytest.mark.parametrize(("weight", "untrained"), [(0, (1,)), (1, ()), (0.0, (1,)), (None, ())])
+def test_assistant_turn_weights(weight, untrained):
+    turn = {"role": "assistant", "content": "first", "weight": weight}
+    record = {"messages": [user("a"), turn, user("b"), assistant("second")]}
+    example = Chat().parse(record, WHERE)
+    assert example.untrained == untrained
+    assert example.messages[1] == assistant("first")
+
+
+@pytest.mark.parametrize("weight", [0.5, 2, True, "0"])
+def test_assistant_turn_weights_other_than_zero_or_one_are_refused(weight):
+    turn = {"role": "assistant", "content": "first", "weight": weight}
+    record = {"messages": [user("a"), turn, user("b"), assistant("second")]}
+    with pytest.raises(DataError) as err:
+        Chat().parse(record, WHERE)
+    assert str(err.value) == (
+        f"train.csv row 7: message 2 has weight {weight!r}; a turn is either trained (weight 1, "
+        "or no weight) or not (weight 0). Set it to 0 or 1."
+    )
+
+
+def test_a_final_reply_with_weight_zero_is_refused():
+    record = {"messages": [user("a"), {"role": "assistant", "content": "b", "weight": 0}]}
+    with pytest.raises(DataError, match="final assistant message \\(message 2\\) has weight 0"):
+        Chat().parse(record, WHERE)
+
+
+def test_rows_without_the_new_fields_keep_their_digest():
+    from ftlight.data.formats import examples_digest
+
+    example = SFTExample(messages=[user("a"), assistant("b")])
+    assert repr(example) == (
+        "SFTExample(messages=[{'role': 'user', 'content': 'a'}, "
+        "{'role': 'assistant', 'content': 'b'}], raw=False)"
+    )
+    assert examples_digest([("r", example)]) != examples_digest(
+        [("r", SFTExample(messages=example.messages, untrained=(1,)))]
+    )
