@@ -19,3 +19,7 @@ class ModelError(FtlightError, RuntimeError):
 
 class StorageError(FtlightError, OSError):
     """A file the run must keep that could not be written (a full disk, a read-only folder)."""
+
+
+class TrainingError(FtlightError, RuntimeError):
+    """A run that trained but failed: a non-finite loss, or weights that never moved."""

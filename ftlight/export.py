@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from ftlight.errors import ModelError
+from ftlight.errors import ModelError, StorageError
 from ftlight.evaluation.report import model_card
 from ftlight.files import atomic_dir
 from ftlight.logs import timed
@@ -90,8 +90,29 @@ def export_run(run: Any, model: nn.Module, summary: dict[str, Any]) -> dict[str,
         "labels": run.data.labels.names if run.data.labels else None,
         "instruction": run.data.instruction,
     }
+    if summary.get("best"):  # eval.best=true: the weights of that validation, not the last
+        meta["step"] = summary["best"]["step"]
     card = model_card(
         {**meta, "config_yaml": redacted_yaml(run.cfg)}, summary["before"], summary["after"]
     )
-    with timed("export", log):
-        return run.strategy.export(model, ModelSaver(run.tokenizer, meta, card), run.run_dir)
+    try:
+        with timed("export", log):
+            return run.strategy.export(model, ModelSaver(run.tokenizer, meta, card), run.run_dir)
+    except OSError as err:
+        raise _export_failed(run.run_dir, err) from err
+
+
+def _export_failed(run_dir: Path, err: OSError) -> StorageError:
+    """The error for an export that could not be written (a full disk, a read-only folder):
+    each export folder is written whole or not at all, so what is there is complete."""
+    done = sorted(f"{p.name}/" for p in run_dir.iterdir() if (p / "ftlight.json").is_file())
+    where = f" ({err.filename})" if err.filename else ""
+    held = f"it holds the complete {', '.join(done)}" if done else "it holds no export"
+    error = StorageError(
+        f"the export into {run_dir} failed: {err.strerror or err}{where}. No folder was left "
+        f"half-written: {held}, and metrics.json and the checkpoints are kept. Free some space "
+        "or make the folder writable, then export again by resuming the run: "
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    )
+    error.errno = err.errno
+    return error

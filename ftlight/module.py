@@ -13,13 +13,14 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
-from ftlight.errors import ConfigError
+from ftlight.errors import ConfigError, TrainingError
 from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel, grouped_kv
 from ftlight.speed.gated import recompute_gated_activations
 from ftlight.speed.lowp import cast_frozen_linears
 from ftlight.speed.merge import merged_lora
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
+from ftlight.validate.sanity import non_finite_loss_message, parameter_sums
 
 log = logging.getLogger("ftlight")
 
@@ -86,6 +87,9 @@ class FineTuneModule(L.LightningModule):
         self.sharded = False
         self.val_metrics = nn.ModuleDict()
         self.last_eval: dict[str, float] = {}
+        #: each trainable parameter's sums right after the strategy applied (before a resume
+        #: loads trained weights): the run checks at the end that training moved them
+        self.start_sums: dict[str, torch.Tensor] = {}
         self._resume_rng: torch.Tensor | None = None  # set by on_load_checkpoint
         self._resume_cuda_rng: torch.Tensor | None = None  # and this one, from a GPU's
 
@@ -95,6 +99,7 @@ class FineTuneModule(L.LightningModule):
         if not self._applied:
             self.model = self.strategy.apply(self.model, self.task)
             self._applied = True
+            self.start_sums = parameter_sums(self.model)
             mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
             if self.frozen_dtype is not None and mesh is None:
                 self.frozen_cast = cast_frozen_linears(self.model, self.frozen_dtype)
@@ -154,7 +159,8 @@ class FineTuneModule(L.LightningModule):
         return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """One micro-batch: the task's loss, logged without a host sync."""
+        """One micro-batch: the task's loss, logged without a host sync; a NaN or infinite
+        loss stops the run."""
         self._step_kernel = self._choose_kernel(batch)
         # a checkpointed block recomputes without the cache; a compiled one would retrace
         self.task.prefix_sharing = self.share_prefix and not (
@@ -164,8 +170,41 @@ class FineTuneModule(L.LightningModule):
             loss = self.task.training_loss(
                 self.model, {k: batch[k] for k in MODEL_INPUTS if k in batch}
             )
+        self._stop_if_not_finite(loss, batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """A NaN or infinite loss stops the run before its backward pass and optimizer step,
+        so no later checkpoint holds the weights it would give. Every rank decides together
+        (a rank that stopped alone would leave the others waiting in the gradient all-reduce)."""
+        trainer = self._trainer
+        finite = bool(torch.isfinite(loss.detach()).all())  # one host sync per micro-batch
+        if trainer is not None and trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        lr = None
+        if trainer is not None and trainer.optimizers:
+            lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+        checkpoint = getattr(trainer, "checkpoint_callback", None) if trainer else None
+        last = checkpoint and (checkpoint.last_model_path or checkpoint.best_model_path)
+        kept = (
+            f"The last checkpoint written before it is kept: {last}"
+            if last
+            else "No checkpoint had been written yet"
+        )
+        raise TrainingError(
+            non_finite_loss_message(
+                float(loss.detach().float().mean()),
+                int(trainer.global_step) if trainer else 0,
+                int(trainer.current_epoch) if trainer else 0,
+                batch_idx,
+                lr,
+                str(trainer.precision) if trainer else "32-true",
+                kept,
+            )
+        )
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Backward under the step's attention kernel (activation checkpointing recomputes

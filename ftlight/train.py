@@ -21,18 +21,21 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from ftlight.best import load_best, stopping_summary, watches_validation
 from ftlight.build import Run, build_run
 from ftlight.checkpoint import only_chosen_checkpoint
 from ftlight.config import register
+from ftlight.errors import TrainingError
 from ftlight.evaluation.fewshot import few_shot_scores
 from ftlight.evaluation.general import GeneralText
-from ftlight.evaluation.summary import log_scores, run_summary, write_report
+from ftlight.evaluation.summary import log_scores, run_summary, write_report, write_summary
 from ftlight.export import export_run, trained_model
 from ftlight.logs import timed
 from ftlight.preemption import find_preemption, stop_on_signal
 from ftlight.resume import checkpoint_step, keep_before, kept_before, resolve_ckpt_path
 from ftlight.runfolder import claim_run_folder, is_launching_process, resumes_in
 from ftlight.validate.run import checkpoint_file
+from ftlight.validate.sanity import moved, unchanged_loss_warning, untrained_message
 from hydra_plugins.ftlight_slurm import _launcher as slurm_launcher
 
 register()
@@ -68,20 +71,60 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         with stop_on_signal(run.trainer, run.run_dir):
             few_shot, before = _scores_before(run, general)
             seconds = _fit(run)
+            best = load_best(run.trainer, run.module) if ev.best else None
             after = _scores(run, general, "after") if ev.after else {}
         summary = run_summary(run, before, after, seconds, few_shot)
         summary["train"]["world_size"] = run.trainer.world_size  # the processes that trained
-        model = trained_model(run) if ev.export else None  # a collective under FSDP2
+        trained = _check_trained(run, summary, best)  # a collective under FSDP2
+        model = trained_model(run) if ev.export and trained else None  # a collective too
         log_scores(run, summary)
         exports: dict[str, Path] = {}
         if run.trainer.is_global_zero:
+            write_report(run, summary, plots=bool(ev.plots))  # kept if the export fails
             if model is not None:
                 exports = export_run(run, model, summary)
                 summary["exports"] = {k: str(v) for k, v in exports.items()}
-            write_report(run, summary, plots=bool(ev.plots))
+                write_summary(run, summary)
+        if not trained:
+            raise TrainingError(
+                untrained_message(
+                    run.strategy.name, summary["params"]["trainable"], summary["train"]["steps"]
+                )
+            )
     return RunResult(
         run.run_dir, run.module, run.trainer, run.data, run.tokenizer, summary, exports
     )
+
+
+def _check_trained(run: Run, summary: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Record the chosen weights and early stopping in ``summary``, and mark it (``warning``)
+    when the trainable weights never moved, the validation loss did not change at all, or
+    ``eval.best=true`` found no validation to choose from; False when nothing moved."""
+    warnings = []
+    if run.cfg.eval.best:
+        if best is None:
+            warnings.append(
+                "eval.best=true, but no validation ran during training: the last weights were "
+                "evaluated and exported. Validate during the fit (trainer.val_check_interval, "
+                "trainer.check_val_every_n_epoch)"
+            )
+        summary["best"] = best
+    if (stopping := stopping_summary(run.trainer)) is not None:
+        summary["train"]["early_stopping"] = stopping
+    did_move = moved(run.module.start_sums, run.module.model)
+    if did_move is False:
+        warnings.append(
+            untrained_message(
+                run.strategy.name, summary["params"]["trainable"], summary["train"]["steps"]
+            )
+        )
+    elif message := unchanged_loss_warning(summary["before"], summary["after"]):
+        warnings.append(message)
+    for message in warnings:
+        log.warning("WARNING: %s", message)
+    if warnings:
+        summary["warning"] = warnings
+    return did_move is not False
 
 
 def _scores(run: Run, general: GeneralText, when: str) -> dict[str, float]:
@@ -162,6 +205,7 @@ def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bo
     scores right away (logging ``val/*`` at the same step): that pass would be done twice."""
     return (
         bool(ev.after)
+        and not watches_validation(trainer)  # early stopping and eval.best need that pass
         and ev.split == "validation"
         and not ev.generate_during_fit
         and trainer.max_epochs == 1

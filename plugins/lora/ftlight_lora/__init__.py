@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,6 +13,7 @@ from torch import nn
 from ftlight.errors import ConfigError
 from ftlight.strategies import Strategy
 from ftlight.tasks import Task
+from ftlight.validate.sanity import hidden_width
 from ftlight_lora.fused import fuse
 
 log = logging.getLogger("ftlight.strategies.lora")
@@ -39,6 +40,13 @@ class LoRAStrategy(Strategy):
     ) -> None:
         if r < 1:
             raise ConfigError(f"strategy.r={r} must be a positive integer (try 8, 16 or 32)")
+        if alpha is not None and float(alpha) == 0.0:
+            # peft scales each adapter by alpha / r: at 0 training changes nothing at all
+            raise ConfigError(
+                "strategy.alpha=0 scales every adapter to zero, so training would change "
+                "nothing; set strategy.alpha=null (2 * r) or a positive value, e.g. "
+                f"strategy.alpha={2 * r}"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"strategy.dropout={dropout} must be in [0, 1)")
         self.r = r
@@ -50,6 +58,20 @@ class LoRAStrategy(Strategy):
         self.bias = bias
         self.use_rslora = use_rslora
         self.use_dora = use_dora
+
+    def check_model(self, config: Mapping[str, Any]) -> None:
+        """A rank above the model's hidden width: no layer's weight has a higher rank, and the
+        adapters would hold more parameters than the layers they adapt."""
+        found = hidden_width(config)
+        if found is None or self.r <= found[1]:
+            return
+        key, width = found
+        raise ConfigError(
+            f"strategy.r={self.r} is above the rank of every layer it adapts: the model is "
+            f"{width} wide ({key}={width} in its config.json), and its adapters would train "
+            f"more parameters than the layers hold. Use strategy.r={width} at most, e.g. "
+            f"strategy.r={min(8, width)}, or strategy=full to train every weight"
+        )
 
     def lora_config(self, model: nn.Module, task: Task) -> LoraConfig:
         """The peft config for this model and task."""
