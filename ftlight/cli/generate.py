@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 from ftlight.data.encode import encode_prompt
 from ftlight.errors import FtlightError, ModelError
 from ftlight.export import find_model_dir
+from ftlight.validate.positions import fit_new_tokens, model_limit
 
 # class-name endings of transformers models that generate text
 _GENERATORS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
@@ -52,6 +53,7 @@ class Generator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = model.to(self.device).eval()
+        self.limit = model_limit(self.model)  # prompt + answer stay within its positions
 
     def with_instruction(self, text: str) -> str:
         """``text`` laid out as an alpaca input under the instruction the model was trained on.
@@ -72,6 +74,7 @@ class Generator:
     ) -> str:
         """The model's reply to ``messages`` (ending with a user turn)."""
         ids = encode_prompt(messages, self.tokenizer, raw=raw)
+        max_new_tokens = fit_new_tokens(len(ids), max_new_tokens, self.limit, "--max-new-tokens")
         input_ids = torch.tensor([ids], device=self.device)
         eos = {self.tokenizer.eos_token_id}
         gen_eos = self.model.generation_config.eos_token_id
@@ -144,7 +147,10 @@ def main(argv: list[str] | None = None) -> None:
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
         if not args.no_instruction:
             prompt = gen.with_instruction(prompt)
-        print(gen.answer([*history, {"role": "user", "content": prompt}], **opts))
+        try:
+            print(gen.answer([*history, {"role": "user", "content": prompt}], **opts))
+        except FtlightError as err:
+            parser.exit(2, f"ftlight-generate: {err}\n")
         return
     print(f"chatting with {gen.model_dir} (empty line or Ctrl-D to quit)")
     if args.prompt:

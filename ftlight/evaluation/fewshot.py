@@ -17,6 +17,7 @@ from ftlight.data.formats import SFTExample, get_format
 from ftlight.errors import ConfigError
 from ftlight.evaluation.general import score_rows
 from ftlight.logs import timed
+from ftlight.validate.positions import model_limit
 
 log = logging.getLogger("ftlight")
 
@@ -92,8 +93,9 @@ def few_shot_scores(run: Any, setting: Any, split: str) -> dict[str, Any] | None
     if not shots:
         log.warning("eval.few_shot=%d: no training example found; skipped", k)
         return None
-    positions = getattr(getattr(run.module.model, "config", None), "max_position_embeddings", None)
-    limit = positions - getattr(task, "max_new_tokens", 0) if isinstance(positions, int) else None
+    positions = model_limit(run.module.model)
+    # the answer is generated after the prompt: both must fit in the model's positions
+    limit = positions - getattr(task, "max_new_tokens", 0) if positions is not None else None
     rows, shortened = [], 0
     for example in examples:
         if example is None:

@@ -3,8 +3,9 @@
 ``eval.general`` names the text: ``builtin`` (a few KB of everyday English prose shipped with
 ftlight, ``general_text.yaml``), a UTF-8 text file, or null (off). The text is cut into
 windows of ``data.max_length`` tokens and scored with the task's own loss in each evaluation,
-before and after training, as ``general/loss`` and ``general/perplexity``. Only tasks whose
-model predicts tokens can be scored this way (``Task.text_rows``); others skip it.
+before and after training, as ``general/loss`` and ``general/perplexity``; windows are cut to
+the model's position limit where that is shorter. Only tasks whose model predicts tokens can be
+scored this way (``Task.text_rows``); others skip it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from ftlight.errors import ConfigError
+from ftlight.validate.positions import model_limit
 
 log = logging.getLogger("ftlight")
 
@@ -71,6 +73,9 @@ class GeneralText:
         if self.text is None:
             return {}
         window = run.data.max_length or WINDOW
+        limit = model_limit(run.module.model)
+        if limit is not None and limit < window:  # a window past the limit cannot be scored
+            window = limit
         rows = run.task.text_rows(self.text, run.tokenizer, window)
         if not rows:
             if not self._noted:

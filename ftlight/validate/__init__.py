@@ -26,6 +26,7 @@ from ftlight.validate.options import (
     check_values,
     looks_like_path,
 )
+from ftlight.validate.positions import check_generation
 from ftlight.validate.run import (
     CKPT_CHECKS,
     check_positions,
@@ -68,6 +69,7 @@ def check_run(cfg: DictConfig, source: Any, data: Any) -> dict[str, Any]:
     config = read_json(folder / "config.json") if folder and folder.is_dir() else None
     if config:
         check_positions(cfg, data, config, f"in {folder / 'config.json'}")
+        check_generation(cfg, data, config, f"in {folder / 'config.json'}")
     fingerprint = {
         "model": {"name": source.display_name, **model_shape(config or {})},
         "data": getattr(data, "fingerprint", None),

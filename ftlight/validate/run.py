@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from ftlight.errors import ConfigError
 from ftlight.validate.common import select, show
+from ftlight.validate.positions import position_limit
 
 log = logging.getLogger("ftlight")
 
@@ -115,19 +116,14 @@ def compare_checkpoint(
 def check_positions(cfg: DictConfig, data: Any, config: dict[str, Any], where: str) -> None:
     """Rows longer than the model's position table fail at the first step (absolute positions)
     or go beyond what it was trained on (rotary); a longer ``data.max_length`` alone is fine."""
-    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
-        if isinstance(config.get(name), int):
-            limit = config[name]
-            break
-    else:
+    if (found := position_limit(config)) is None:
         return
-    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "longformer"):
-        limit -= (config.get("pad_token_id") or 1) + 1  # positions start after the padding id
+    limit, entry = found
     lengths = [len(r["input_ids"]) for rows in data.encoded.values() for r in rows]
     longer = sum(n > limit for n in lengths)
     if longer:
         raise ConfigError(
-            f"{longer} rows are longer than the model's {limit} positions ({name}={config[name]} "
+            f"{longer} rows are longer than the model's {limit} positions ({entry} "
             f"{where}; the longest has {max(lengths)} tokens under data.max_length="
             f"{show(select(cfg, 'data.max_length'))}); set data.max_length={limit} to "
             "truncate them"
