@@ -9,7 +9,9 @@ the same tokens as greedy ``generate`` (argmax at every step, each row stopping 
 first end token) while encoding the common prefix once and shrinking the batch (and its
 key/value cache) as rows finish. The cache has room reserved for the answer, so each step
 writes its token in place instead of copying the cache; and when a scoring pass has already
-run the prompts (``Prompted``), decoding continues from its keys and values.
+run the prompts (``Prompted``), decoding continues from its keys and values. Logits processors
+(the model's ``generation_config``: ``ftlight.tasks.generation``) change each row's scores
+before its argmax, as ``generate`` applies them to a prompt of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.generation import LogitsProcessorList
 
 from ftlight.speed import cascade
 from ftlight.speed.prefix import (
@@ -52,6 +55,13 @@ class Prompted:
     #: cache (``ftlight.speed.cascade``); None when the cache holds it per row
     opening: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
     rows: torch.Tensor | None = None  # the output row of each cached row (default: in order)
+    #: (rows, vocabulary) float32 scores of each row's first new token, before any processor:
+    #: what logits processors start from (None: only ``first`` is known)
+    scores: torch.Tensor | None = None
+
+
+#: per output row, its prompt's tokens (no padding) and the processors of its scores
+RowProcessors = Sequence[tuple[torch.Tensor, LogitsProcessorList]]
 
 
 @torch.no_grad()
@@ -64,20 +74,25 @@ def greedy_decode(
     pad_token_id: int,
     share_prefix: bool = True,
     prompted: Prompted | None = None,
+    processors: RowProcessors | None = None,
 ) -> torch.Tensor:
     """The new tokens for each prompt of a padded batch, as greedy ``generate`` lays them out.
 
     Returns a ``(batch, steps)`` tensor: each row's answer up to and including its first end
     token, then ``pad_token_id``; ``steps`` is the longest answer (at most
     ``max_new_tokens``). Prompts may be padded on either side. ``prompted``: the prompts
-    already encoded (``input_ids`` and ``attention_mask`` are then not read).
+    already encoded (``input_ids`` and ``attention_mask`` are then not read); it must carry
+    ``scores`` when ``processors`` are given. ``processors``: each row's prompt and logits
+    processors, applied to its scores before every argmax.
     """
     if prompted is None:
         prompted = _prompt(model, input_ids, attention_mask, share_prefix, pad_token_id)
+    if processors and prompted.scores is None:
+        raise ValueError("greedy_decode: processors need the prompts' scores (Prompted.scores)")
     with contextlib.ExitStack() as scope:
         if prompted.opening is not None:
             scope.enter_context(cascade.attend_to_shared_prefix(model, prompted.opening))
-        return _continue(model, prompted, max_new_tokens, eos_token_ids, pad_token_id)
+        return _continue(model, prompted, max_new_tokens, eos_token_ids, pad_token_id, processors)
 
 
 def _prompt(
@@ -132,7 +147,10 @@ def _prompt(
             use_cache=True,
             **keep_logits,
         ).logits
-    return Prompted(cache, valid, positions[:, -1] + 1, logits[:, -1].argmax(-1), opening)
+    last = logits[:, -1]
+    return Prompted(
+        cache, valid, positions[:, -1] + 1, last.argmax(-1), opening, scores=last.float()
+    )
 
 
 def _continue(
@@ -141,6 +159,7 @@ def _continue(
     max_new_tokens: int,
     eos_token_ids: Sequence[int],
     pad_token_id: int,
+    processors: RowProcessors | None = None,
 ) -> torch.Tensor:
     """Greedy steps from ``prompted`` until every row has ended or the budget is spent."""
     cache_name = cache_argument(model) or "past_key_values"
@@ -154,6 +173,8 @@ def _continue(
     next_position = prompted.positions[:, None]
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=token.dtype, device=device)
     out = torch.full((batch, max_new_tokens), pad_token_id, dtype=token.dtype, device=device)
+    if processors:
+        token = _processed(prompted.scores, alive, out[:, :0], processors)
     steps = 0
     for step in range(max_new_tokens):
         out[alive, step] = token
@@ -176,9 +197,25 @@ def _continue(
             use_cache=True,
             **keep_logits,
         ).logits
-        token = logits[:, -1].argmax(-1)
+        if processors:  # in float32, as ``generate`` scores
+            token = _processed(logits[:, -1].float(), alive, out[:, : step + 1], processors)
+        else:
+            token = logits[:, -1].argmax(-1)
         next_position = next_position + 1
     return out[:, :steps]
+
+
+def _processed(
+    scores: torch.Tensor, alive: torch.Tensor, answers: torch.Tensor, processors: RowProcessors
+) -> torch.Tensor:
+    """The argmax of each live row's ``scores`` after its processors, which see the row's
+    prompt and ``answers`` so far (one row at a time: a batch's padding is no input)."""
+    tokens = torch.empty(len(alive), dtype=answers.dtype, device=scores.device)
+    for i, row in enumerate(alive.tolist()):
+        prompt, steps = processors[row]
+        ids = torch.cat([prompt.to(answers.device), answers[row]])[None]
+        tokens[i] = steps(ids, scores[i : i + 1].clone()).argmax(-1)[0]
+    return tokens
 
 
 def can_decode(model: nn.Module) -> bool:

@@ -18,7 +18,7 @@ from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
 from ftlight.evaluation.structured import StructuredOutputMetric
 from ftlight.speed import cascade
-from ftlight.speed.decode import Prompted, can_decode, greedy_decode
+from ftlight.speed.decode import Prompted, can_decode
 from ftlight.speed.head_loss import head_as_identity, linear_cross_entropy, plain_head
 from ftlight.speed.prefix import (
     PrefixPass,
@@ -31,6 +31,7 @@ from ftlight.speed.prefix import (
     takes_argument,
 )
 from ftlight.tasks.base import Task
+from ftlight.tasks.generation import GreedyAnswers
 
 AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly longer answer)
 AUTO_FALLBACK = 128  # max_new_tokens=auto without references to size it from
@@ -53,6 +54,9 @@ class ScoredPrompts:
     lengths: torch.Tensor  # (rows,) each row's prompt length: the start of its last reply
     keep: torch.Tensor  # (rows, length) the positions whose predictions the pass made
     order: torch.Tensor  # the batch rows in the order of the cache and of the predictions
+    #: (rows, vocabulary) float32 scores at each row's last prompt position, in batch order:
+    #: where logits processors start (``ftlight.tasks.generation``)
+    scores: torch.Tensor | None = None
 
     def prompted(
         self,
@@ -78,7 +82,8 @@ class ScoredPrompts:
         column = torch.arange(self.cache.get_seq_length(), device=lengths.device) + self.offset
         rows = self.order
         valid = column[None, :] < lengths[rows, None]
-        return Prompted(self.cache, valid, lengths[rows], first[rows], self.opening, rows)
+        scores = self.scores[rows] if self.scores is not None else None
+        return Prompted(self.cache, valid, lengths[rows], first[rows], self.opening, rows, scores)
 
 
 @dataclass
@@ -97,7 +102,8 @@ class CausalLMTask(Task):
     Evaluation reports token loss, perplexity and next-token accuracy on the response tokens;
     with ``generate`` on, it also decodes greedily from each prompt and scores the answer
     (exact match; and, when every reference is a JSON object, valid-JSON rate, record exact
-    match and per-field accuracy).
+    match and per-field accuracy). Decoding applies the model's ``generation_config``;
+    ``generation`` overrides its settings for the run (``ftlight.tasks.generation``).
     """
 
     name: ClassVar[str] = "causal_lm"
@@ -111,6 +117,7 @@ class CausalLMTask(Task):
         generate: bool = True,
         max_new_tokens: int | str = "auto",
         output_format: str = "auto",
+        generation: dict[str, Any] | None = None,
     ) -> None:
         if max_new_tokens != "auto" and not (
             isinstance(max_new_tokens, int) and max_new_tokens > 0
@@ -124,6 +131,13 @@ class CausalLMTask(Task):
                 f"task.output_format={output_format!r} is not one of auto, text, json"
             )
         self.generate = generate
+        self.answers = GreedyAnswers(generation)
+        if self.answers.overrides and not generate:
+            raise ConfigError(
+                f"task.generation sets {', '.join(sorted(self.answers.overrides))}, but "
+                "task.generate=false: nothing is decoded. Drop the settings or set "
+                "task.generate=true"
+            )
         self.max_new_tokens_setting = max_new_tokens
         self.max_new_tokens = AUTO_FALLBACK if max_new_tokens == "auto" else int(max_new_tokens)
         self.output_format = output_format
@@ -298,6 +312,7 @@ class CausalLMTask(Task):
                 model, len(order), int(prompt_lengths.max()) - offset, self.max_new_tokens
             )
         total, predictions, targets = labels.new_zeros((), dtype=torch.float32), [], []
+        first_scores: torch.Tensor | None = None
         for group in _row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
             rows = order[group]
             width = int(filled[rows].any(0).nonzero().max()) + 1
@@ -315,13 +330,16 @@ class CausalLMTask(Task):
                 prompts = None  # a group without keys and values: decoding encodes the prompts
             elif prompts is not None:
                 prompts.add(group.start, scored.cache)
+                first_scores = _prompt_scores(
+                    first_scores, logits, _predicting(part["labels"]), rows, prompt_lengths
+                )
             del sliced, scored, logits  # this group's keys and values are copied or unused
         n = sum(per_row)
         loss = total / n if n else None
         scored_prompts = None
         if prompts is not None and prompts.cache is not None:
             scored_prompts = ScoredPrompts(
-                prompts.cache, offset, opening, prompt_lengths, keep, order
+                prompts.cache, offset, opening, prompt_lengths, keep, order, first_scores
             )
         return LabelledOutputs(loss, torch.cat(predictions), torch.cat(targets), scored_prompts)
 
@@ -420,26 +438,9 @@ class CausalLMTask(Task):
             eos.extend(gen_eos)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos or [0])[0]
         start = time.perf_counter()
-        if can_decode(model):
-            new = greedy_decode(
-                model,
-                input_ids,
-                attention_mask,
-                self.max_new_tokens,
-                eos,
-                pad_id,
-                prompted=prompted,
-            )
-        else:  # a model without a key/value cache interface: transformers' own loop
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                eos_token_id=sorted(set(eos)) or None,
-                pad_token_id=pad_id,
-            )
-            new = out[:, input_ids.shape[1] :]
+        new = self.answers(
+            model, input_ids, attention_mask, self.max_new_tokens, eos, pad_id, prompted, tok
+        )
         # every token up to and including each row's end (a pad id equal to the end id
         # would otherwise hide the end tokens)
         self.generated_tokens += _answer_tokens(new, eos, pad_id)
@@ -465,6 +466,25 @@ def _row_groups(counts: list[int], limit: int) -> list[slice]:
         held += count
     groups.append(slice(start, len(counts)))
     return groups
+
+
+def _prompt_scores(
+    scores: torch.Tensor | None,
+    logits: torch.Tensor,
+    keep: torch.Tensor,
+    rows: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+) -> torch.Tensor:
+    """``scores`` (batch rows, vocabulary; made on first use) with the float32 logits at the
+    last prompt position of ``rows`` filled in from a pass that projected ``keep``."""
+    if scores is None:
+        scores = logits.new_zeros((len(prompt_lengths), logits.shape[-1]), dtype=torch.float32)
+    at = (keep.flatten().cumsum(0) - 1).view_as(keep)  # each kept position's row in ``logits``
+    last = (prompt_lengths[rows] - 1).clamp(min=0)
+    lines = torch.arange(len(rows), device=keep.device)
+    made = keep[lines, last]
+    scores[rows[made]] = logits[at[lines, last][made]].float()
+    return scores
 
 
 def _predicting(labels: torch.Tensor) -> torch.Tensor:
