@@ -36,10 +36,6 @@ class Strategy:
     def validate(self, trainer_cfg: Mapping[str, Any], task: Task) -> None:
         """Reject combinations that cannot work, before anything heavy; raise ``ConfigError``."""
 
-    def check_model(self, config: Mapping[str, Any]) -> None:
-        """Reject settings the model's shape makes absurd (a rank above its layers' widths),
-        read from its ``config.json`` before the weights load; raise ``ConfigError``."""
-
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         """Freeze / inject adapters and return the model to train (may wrap it). Idempotent."""
         return model

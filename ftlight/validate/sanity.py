@@ -1,7 +1,7 @@
 """A run that cannot train, or did not: settings that make training a no-op are refused before
-the weights load (a warm-up longer than the run, a strategy setting the model's widths make
-absurd); after training, a non-finite loss stops the run, trainable weights that never moved
-fail it, and a validation loss that did not change at all is reported.
+the weights load (a warm-up longer than the run); after training, a non-finite loss stops the
+run, trainable weights that never moved fail it, and a validation loss that did not change at
+all is reported.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,39 +16,15 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ftlight.errors import ConfigError
-from ftlight.validate.common import ABSENT, read_json, select, show
+from ftlight.validate.common import ABSENT, select, show
 
 log = logging.getLogger("ftlight")
 
-#: ``config.json`` keys that give a transformer's hidden width, by architecture family
-_WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
 
-
-def model_config(source: Any) -> dict[str, Any] | None:
-    """The model's ``config.json`` when its folder is on disk (no download, no weights)."""
-    folder = Path(str(source.resolve())) if hasattr(source, "resolve") else None
-    if folder is None or not folder.is_dir():
-        return None
-    return read_json(folder / "config.json")
-
-
-def hidden_width(config: Mapping[str, Any]) -> tuple[str, int] | None:
-    """The key and value of the model's hidden width: every linear layer of a transformer body
-    has it on one side, so no layer's weight has a higher rank."""
-    for node in (config, config.get("text_config") or {}):
-        for key in _WIDTH_KEYS:
-            value = node.get(key) if isinstance(node, Mapping) else None
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return key, value
-    return None
-
-
-def check_before_weights(cfg: DictConfig, strategy: Any, source: Any, data: Any) -> None:
-    """Settings that make training a no-op or absurd, from the config, the model's
-    ``config.json`` and the prepared data; raises ``ConfigError`` before any weights load."""
-    config = model_config(source)
-    if config is not None:
-        strategy.check_model(config)
+def check_before_weights(cfg: DictConfig, data: Any) -> None:
+    """Settings that make training a no-op, from the config and the prepared data (a rank
+    above the model's widths is the strategy's ``check_model``); raises ``ConfigError``
+    before any weights load."""
     check_warmup(cfg, data)
     best = select(cfg, "eval.best")
     if best is not ABSENT and not isinstance(best, bool):
@@ -107,8 +82,7 @@ def non_finite_loss_message(
     """What to tell the user when the training loss is NaN or infinite."""
     rate = f" (the rate at this step was {lr:.3g})" if lr is not None else ""
     cause = (
-        f"a learning rate too high for this model{rate}: lower optimizer.lr, e.g. "
-        "optimizer.lr=2e-4"
+        f"a learning rate too high for this model{rate}: lower optimizer.lr, e.g. optimizer.lr=2e-4"
     )
     if precision.startswith(("16", "bf16-true")):  # float16 overflows; bf16 weights lose steps
         cause = (

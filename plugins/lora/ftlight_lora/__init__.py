@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +14,6 @@ from torch import nn
 from ftlight.errors import ConfigError
 from ftlight.strategies import Strategy
 from ftlight.tasks import Task
-from ftlight.validate.sanity import hidden_width
 from ftlight_lora.fused import fuse
 
 log = logging.getLogger("ftlight.strategies.lora")
@@ -59,19 +59,38 @@ class LoRAStrategy(Strategy):
         self.use_rslora = use_rslora
         self.use_dora = use_dora
 
-    def check_model(self, config: Mapping[str, Any]) -> None:
-        """A rank above the model's hidden width: no layer's weight has a higher rank, and the
-        adapters would hold more parameters than the layers they adapt."""
-        found = hidden_width(config)
-        if found is None or self.r <= found[1]:
+    def check_model(self, model: nn.Module, task: Task) -> None:
+        """A rank above the width of every layer it adapts (read from the model's skeleton,
+        before the weights load): no such layer's weight has a higher rank, and the adapters
+        would hold more parameters than the layers they adapt."""
+        widths = dict(self._adapted_widths(model))
+        if not widths or self.r <= max(widths.values()):
             return
-        key, width = found
+        name, width = max(widths.items(), key=lambda kv: kv[1])
         raise ConfigError(
-            f"strategy.r={self.r} is above the rank of every layer it adapts: the model is "
-            f"{width} wide ({key}={width} in its config.json), and its adapters would train "
-            f"more parameters than the layers hold. Use strategy.r={width} at most, e.g. "
-            f"strategy.r={min(8, width)}, or strategy=full to train every weight"
+            f"strategy.r={self.r} is above the rank of every layer it adapts: the widest is "
+            f"{name}, {width} wide (the smaller of its input and output sizes), and the "
+            "adapters would train more parameters than the layers hold. Use "
+            f"strategy.r={width} at most, e.g. strategy.r={min(8, width)}, or strategy=full"
         )
+
+    def _adapted_widths(self, model: nn.Module) -> Iterator[tuple[str, int]]:
+        """The linear layers ``target_modules`` names and the rank each weight can have."""
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            kind = type(module).__name__
+            if kind not in ("Linear", "Conv1D") or weight is None or weight.dim() != 2:
+                continue
+            if self.target_modules == "all-linear":
+                if module is head:  # peft leaves the output layer out of all-linear
+                    continue
+            elif isinstance(self.target_modules, str):  # peft full-matches a regex
+                if not re.fullmatch(self.target_modules, name):
+                    continue
+            elif not any(name == t or name.endswith(f".{t}") for t in self.target_modules):
+                continue
+            yield name, min(weight.shape)
 
     def lora_config(self, model: nn.Module, task: Task) -> LoraConfig:
         """The peft config for this model and task."""
