@@ -41,6 +41,7 @@ class ConfigFile:
     group: str
     name: str
     path: Path
+    where: str  # the path from the repository root
     usage: str
     options: tuple[Option, ...]
 
@@ -59,7 +60,7 @@ def _split_comment(rest: str) -> tuple[str, str]:
     return rest.strip(), ""
 
 
-def parse_file(path: Path, group: str) -> ConfigFile:
+def parse_file(path: Path, group: str, root: Path = ROOT) -> ConfigFile:
     """The options of one YAML file, with the comments beside or above each."""
     lines = path.read_text().splitlines()
     usage = ""
@@ -125,6 +126,7 @@ def parse_file(path: Path, group: str) -> ConfigFile:
         group,
         path.stem,
         path,
+        path.relative_to(root).as_posix(),
         usage,
         tuple(
             Option(group, path, o["key"], o["default"], o["comment"], o["children"])
@@ -142,9 +144,9 @@ def config_files(root: Path = ROOT) -> list[ConfigFile]:
         if rel.parts[:2] == ("hydra", "job_logging"):
             continue  # Python logging's own settings for Hydra, not options of a run
         group = "/".join(rel.parts[:-1]) or "(top level)"
-        files.append(parse_file(path, group))
+        files.append(parse_file(path, group, root))
     for path in sorted(root.glob("plugins/*/ftlight_*/conf/strategy/*.yaml")):
-        files.append(parse_file(path, "strategy"))
+        files.append(parse_file(path, "strategy", root))
     return files
 
 
@@ -153,7 +155,7 @@ def undocumented(files: list[ConfigFile]) -> list[str]:
     none, and neither do the presets of ``experiment/``, whose values set other groups'
     options (documented there)."""
     return [
-        f"{f.path.relative_to(ROOT)}: {o.key}"
+        f"{f.where}: {o.key}"
         for f in files
         for o in f.options
         if not o.comment and not o.has_children and f.group != "experiment"
@@ -181,7 +183,7 @@ def render(files: list[ConfigFile]) -> str:
     for group in sorted(by_group, key=lambda g: (g != "(top level)", g)):
         out += [f"## `{group}`" if group != "(top level)" else "## Top level", ""]
         for f in by_group[group]:
-            where = f.path.relative_to(ROOT)
+            where = f.where
             title = f"`{group}={f.name}`" if group != "(top level)" else f"`{f.name}.yaml`"
             out += [f"### {title}", "", f"File: `{where}`."]
             if f.usage:
