@@ -24,6 +24,7 @@ from torch import nn
 
 from ftlight.checkpoint import AtomicCheckpointIO
 from ftlight.errors import ConfigError, FtlightError
+from ftlight.evaluation.predictions import phase_file
 from ftlight.evaluation.scoring import score_split
 from ftlight.logs import PHASES, quiet_libraries, timed
 from ftlight.module import FineTuneModule
@@ -74,9 +75,14 @@ class Run(Parts):
     module: FineTuneModule
     trainer: L.Trainer
 
-    def evaluate(self, split: str) -> dict[str, float]:
-        """The task's metrics of the current model on ``split`` (generation included)."""
-        return score_split(self.trainer, self.module, self.data, split)
+    def evaluate(
+        self, split: str, phase: str | None = None, folder: Path | None = None
+    ) -> dict[str, float]:
+        """The task's metrics of the current model on ``split`` (generation included);
+        ``phase`` also writes its rows to ``predictions/<phase>.jsonl`` under ``folder``
+        (default: the run folder)."""
+        rows = phase_file(folder or self.run_dir, phase) if phase else None
+        return score_split(self.trainer, self.module, self.data, split, rows)
 
 
 def build_parts(cfg: DictConfig, label_names: Sequence[str] | None = None) -> Parts:

@@ -130,7 +130,7 @@ def _check_trained(run: Run, summary: dict[str, Any], best: dict[str, Any] | Non
 def _scores(run: Run, general: GeneralText, when: str) -> dict[str, float]:
     """The task's metrics on the evaluation split, plus general-text perplexity if asked."""
     with timed(f"evaluate {when} training", log):
-        return run.evaluate(run.cfg.eval.split) | general.scores(run)
+        return run.evaluate(run.cfg.eval.split, phase=when) | general.scores(run)
 
 
 def _scores_before(run: Run, general: GeneralText) -> tuple[dict[str, Any] | None, dict]:

@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 from ftlight.data.encode import encode_prompt
 from ftlight.errors import FtlightError, ModelError
 from ftlight.export import find_model_dir
+from ftlight.tasks.generation import GreedyAnswers
 from ftlight.validate.positions import fit_new_tokens, model_limit
 
 # class-name endings of transformers models that generate text
@@ -53,6 +54,8 @@ class Generator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = model.to(self.device).eval()
+        #: greedy answers as evaluation decodes them (the model's generation_config applied)
+        self.greedy = GreedyAnswers()
         self.limit = model_limit(self.model)  # prompt + answer stay within its positions
 
     def with_instruction(self, text: str) -> str:
@@ -79,18 +82,23 @@ class Generator:
         eos = {self.tokenizer.eos_token_id}
         gen_eos = self.model.generation_config.eos_token_id
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+        ends = sorted(e for e in eos if e is not None)
         if temperature > 0:
-            kwargs["temperature"] = temperature
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=sorted(e for e in eos if e is not None),
-            pad_token_id=self.tokenizer.pad_token_id,
-            **kwargs,
-        )
-        return self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=ends,
+                pad_token_id=self.tokenizer.pad_token_id,
+                do_sample=True,
+                temperature=temperature,
+            )
+            new = out[0, len(ids) :]
+        else:  # evaluation's decoder: the same answers as the run's scores
+            mask = torch.ones_like(input_ids)
+            pad = self.tokenizer.pad_token_id
+            new = self.greedy(self.model, input_ids, mask, max_new_tokens, ends, pad)[0]
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 @contextlib.contextmanager

@@ -119,7 +119,7 @@ def few_shot_scores(run: Any, setting: Any, split: str) -> dict[str, Any] | None
         )
     layout = "chat turns" if getattr(tokenizer, "chat_template", None) else "plain turns"
     with timed(f"evaluate the base model with {len(shots)} examples in its prompt", log):
-        scores = score_rows(run, rows, split)
+        scores = score_rows(run, rows, split, phase="few_shot")
     return {
         "k": len(shots),
         "layout": layout,

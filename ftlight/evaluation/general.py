@@ -90,7 +90,9 @@ class GeneralText:
         return {f"general/{k}": values[k] for k in ("loss", "perplexity") if k in values}
 
 
-def score_rows(run: Any, rows: list[dict[str, Any]], split: str = "validation") -> dict[str, float]:
+def score_rows(
+    run: Any, rows: list[dict[str, Any]], split: str = "validation", phase: str | None = None
+) -> dict[str, float]:
     """The task's metrics of the run's model on ``rows`` (encoded like the rows of ``split``).
 
     They go through ``run.evaluate`` exactly as the split would, with nothing logged: the
@@ -106,7 +108,7 @@ def score_rows(run: Any, rows: list[dict[str, Any]], split: str = "validation") 
     data.encoded[split] = rows
     trainer.loggers = []
     try:
-        return run.evaluate(split)
+        return run.evaluate(split, phase=phase)  # phase: keep its predictions file
     finally:
         data.encoded[split] = saved_rows
         trainer.loggers = loggers

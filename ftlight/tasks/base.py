@@ -60,6 +60,9 @@ class Task:
     #: whether ``update_metrics`` will generate from the batch now being scored: the scoring
     #: pass may then keep what generation can reuse (set by the module per pass)
     generation_follows: bool = False
+    #: where ``update_metrics`` adds each scored row's prompt, answer and scores
+    #: (``ftlight.evaluation.predictions``), while an evaluation keeps them (set per pass)
+    predictions: Any = None
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer and learn what the evaluation references look like."""

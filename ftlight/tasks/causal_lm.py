@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from ftlight.data.encode import IGNORE_INDEX, encode_sft, prompt_and_reference
 from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
+from ftlight.evaluation.predictions import answer_rows
 from ftlight.evaluation.structured import StructuredOutputMetric
 from ftlight.speed import cascade
 from ftlight.speed.decode import Prompted, can_decode
@@ -94,6 +95,8 @@ class LabelledOutputs:
     predictions: torch.Tensor  # greedy next token at each labelled position
     targets: torch.Tensor  # the label there
     prompts: ScoredPrompts | None = None  # what generation can continue from
+    rows: torch.Tensor | None = None  # the batch row of each labelled position
+    losses: torch.Tensor | None = None  # the token loss at each labelled position
 
 
 class CausalLMTask(Task):
@@ -312,6 +315,7 @@ class CausalLMTask(Task):
                 model, len(order), int(prompt_lengths.max()) - offset, self.max_new_tokens
             )
         total, predictions, targets = labels.new_zeros((), dtype=torch.float32), [], []
+        losses, position_rows = [], []
         first_scores: torch.Tensor | None = None
         for group in _row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
             rows = order[group]
@@ -322,26 +326,35 @@ class CausalLMTask(Task):
                 return model(**inputs, use_cache=False)
             scored, wanted = sliced
             logits = scored.output.logits
-            if len(wanted):
-                total = total + nn.functional.cross_entropy(logits.float(), wanted, reduction="sum")
+            part_keep = _predicting(part["labels"])
+            if len(wanted):  # per position: each row's own loss for its predictions file
+                loss = nn.functional.cross_entropy(logits.float(), wanted, reduction="none")
+                total = total + loss.sum()
+                losses.append(loss)
             predictions.append(logits.argmax(-1))
             targets.append(wanted)
+            position_rows.append(rows.repeat_interleave(part_keep.sum(1)))
             if prompts is not None and scored.cache is None:
                 prompts = None  # a group without keys and values: decoding encodes the prompts
             elif prompts is not None:
                 prompts.add(group.start, scored.cache)
-                first_scores = _prompt_scores(
-                    first_scores, logits, _predicting(part["labels"]), rows, prompt_lengths
-                )
+                first_scores = _prompt_scores(first_scores, logits, part_keep, rows, prompt_lengths)
             del sliced, scored, logits  # this group's keys and values are copied or unused
         n = sum(per_row)
-        loss = total / n if n else None
+        mean = total / n if n else None
         scored_prompts = None
         if prompts is not None and prompts.cache is not None:
             scored_prompts = ScoredPrompts(
                 prompts.cache, offset, opening, prompt_lengths, keep, order, first_scores
             )
-        return LabelledOutputs(loss, torch.cat(predictions), torch.cat(targets), scored_prompts)
+        return LabelledOutputs(
+            mean,
+            torch.cat(predictions),
+            torch.cat(targets),
+            scored_prompts,
+            torch.cat(position_rows),
+            torch.cat(losses) if losses else total.new_zeros(0),
+        )
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer; size generation and pick the scoring from the references.
@@ -402,6 +415,7 @@ class CausalLMTask(Task):
         if n > 0:
             metrics["loss"].update(outputs.loss.detach().float(), weight=n)
             metrics["token_accuracy"].update(correct.float() / n, weight=n)
+        answers = None
         if model is not None and "exact_match" in metrics and "gen_input_ids" in batch:
             ids, mask = batch["gen_input_ids"], batch["gen_attention_mask"]
             prompted = None
@@ -418,6 +432,12 @@ class CausalLMTask(Task):
             metrics["exact_match"].update(matches)
             if "json" in metrics:
                 metrics["json"].update(predictions, refs)
+            answers = predictions
+        if self.predictions is not None and "gen_input_ids" in batch:
+            loss, accuracy = _row_scores(batch, outputs)
+            self.predictions.add(
+                answer_rows(self.tokenizer, batch, answers, loss, accuracy, self.json_fields)
+            )
 
     @torch.no_grad()
     def generate_text(
@@ -453,6 +473,27 @@ class CausalLMTask(Task):
         if "loss" in out:
             out["perplexity"] = math.exp(min(out["loss"], 50.0))
         return out
+
+
+def _row_scores(batch: dict[str, Any], outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each batch row's mean token loss and token accuracy over its labelled positions."""
+    labels = batch["labels"]
+    if isinstance(outputs, LabelledOutputs) and outputs.rows is not None:
+        rows, losses = outputs.rows, outputs.losses
+        right = (outputs.predictions == outputs.targets).float()
+    else:  # the model's own logits at every position
+        keep = labels[:, 1:] != IGNORE_INDEX
+        logits = outputs.logits[:, :-1][keep].float()
+        wanted = labels[:, 1:][keep]
+        rows = keep.nonzero()[:, 0]
+        losses = nn.functional.cross_entropy(logits, wanted, reduction="none")
+        right = (logits.argmax(-1) == wanted).float()
+    count = torch.zeros(len(labels), device=labels.device).index_add_(
+        0, rows, torch.ones_like(right)
+    )
+    loss = torch.zeros_like(count).index_add_(0, rows, losses.float().to(count.device))
+    correct = torch.zeros_like(count).index_add_(0, rows, right.to(count.device))
+    return loss / count.clamp(min=1), correct / count.clamp(min=1)
 
 
 def _row_groups(counts: list[int], limit: int) -> list[slice]:

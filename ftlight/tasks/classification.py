@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from ftlight.data.encode import encode_classification
 from ftlight.data.formats import ClassificationExample
 from ftlight.errors import ConfigError
+from ftlight.evaluation.predictions import label_rows
 from ftlight.models.introspect import body_of
 from ftlight.tasks.base import LabelInfo, Task, label_key
 
@@ -115,3 +116,6 @@ class ClassificationTask(Task):
         pred = outputs.logits.argmax(-1)
         metrics["accuracy"].update(pred, labels)
         metrics["f1_macro"].update(pred, labels)
+        if self.predictions is not None and self.labels is not None:
+            names = self.labels.names
+            self.predictions.add(label_rows(self.tokenizer, batch, names, outputs.logits, labels))
