@@ -9,6 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ftlight.cli.report import run_reporting
 from ftlight.cli.trial import trial
 from ftlight.compare import in_sweep
 from ftlight.config import CONF_DIR, register
@@ -46,7 +47,7 @@ def _main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point (Hydra parses ``sys.argv``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _main()
+    run_reporting(_main, "ftlight-train")  # Hydra's own errors too: one message, exit 2
 
 
 def run_command() -> None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftlight.errors import ConfigError
 from ftlight.validate.common import read_json, registered_name
+from ftlight.validate.keys import check_resolves, check_signatures
 from ftlight.validate.options import (
     check_cache,
     check_data,
@@ -41,9 +42,11 @@ from ftlight.validate.scheduler import check_scheduler
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs only the config, the disk and the environment (the scheduler's
     job); raises the first problem found."""
+    check_resolves(cfg)  # the checks below read values, which resolve interpolations
     check_scheduler(cfg)
     check_training_length(cfg)
     check_values(cfg)
+    check_signatures(cfg)  # after the checks that know a key's range, not only its type
     check_data(cfg)
     check_model_path(cfg)
     check_cache(cfg)

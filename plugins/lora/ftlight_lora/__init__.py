@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
@@ -34,7 +34,7 @@ class LoRAStrategy(Strategy):
         alpha: float | None = None,
         dropout: float = 0.0,
         target_modules: str | list[str] = "all-linear",
-        bias: str = "none",
+        bias: Literal["none", "all", "lora_only"] = "none",  # peft's choices
         use_rslora: bool = False,
         use_dora: bool = False,
     ) -> None:
