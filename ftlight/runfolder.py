@@ -3,8 +3,9 @@
 ``claim_run_folder`` wraps a whole run. Rank 0 (the launching process) takes an exclusive
 ``flock`` on ``<run folder>/.ftlight.lock``, refuses a folder that holds another run's results
 (unless this run resumes from that folder's checkpoint) and removes what killed writes left.
-The other ranks of a distributed run share the folder and skip all of that. Every process
-masks secrets in the Hydra files it wrote itself.
+Only then does Hydra's record of the run enter the folder (``ftlight.hydra_record``): its
+``.hydra/`` files, secrets masked, and its job log; a refused run changes nothing there. The
+other ranks of a distributed run share the folder and skip all of that (rank 0 keeps the record).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import fcntl
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from ftlight.errors import ConfigError
 from ftlight.files import remove_stale_temps
+from ftlight.hydra_record import drop_records, keep_record, open_run_logs, staged_record
 from ftlight.redact import redact_yaml_files, secrets_in
 
 log = logging.getLogger("ftlight")
@@ -35,6 +37,9 @@ _IN_PLACE_CKPT = {"last", "best", "hpc", "auto"}
 #: environment variables launchers set to a process's (or its node's) rank: Lightning's
 #: launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+#: the folders this process claimed as rank 0 (a sweep's trials run one after another)
+_held: set[Path] = set()
 
 
 def is_launching_process() -> bool:
@@ -50,18 +55,34 @@ def is_launching_process() -> bool:
 def claim_run_folder(cfg: Any) -> Iterator[Path]:
     """Hold ``cfg.run_dir`` for one run (see the module docstring); yields the folder."""
     run_dir = Path(cfg.run_dir)
-    hydra_files = hydra_output_subdir()
-    if hydra_files is not None:
-        redact_yaml_files(hydra_files, secrets_in(cfg))
+    if staged_record() is None and (hydra_files := hydra_output_subdir()) is not None:
+        redact_yaml_files(hydra_files, secrets_in(cfg))  # saved by Hydra in the run folder
     if not is_launching_process():
+        drop_records()
+        open_run_logs()  # each rank's own log (Lightning names them train_ddp_process_<rank>)
         yield run_dir
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(run_dir):
+    try:
+        # checked before the lock too: a refused run creates no lock file in another's folder
         _refuse_other_results(run_dir, cfg.get("ckpt_path"))
-        for folder in (run_dir, run_dir / "checkpoints"):
-            remove_stale_temps(folder)
-        yield run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(run_dir) as announce:
+            if found := _refuse_other_results(run_dir, cfg.get("ckpt_path")):
+                log.info("resuming in %s, which holds %s", run_dir, ", ".join(found))
+            announce()
+            for folder in (run_dir, run_dir / "checkpoints"):
+                remove_stale_temps(folder)
+            keep_record(run_dir, secrets_in(cfg))
+            open_run_logs()
+            _held.add(run_dir.resolve())
+            yield run_dir
+    finally:
+        drop_records()  # a refused run's record: never in the folder, gone from the staging
+
+
+def held_by_this_process(run_dir: Path) -> bool:
+    """Whether this process claimed ``run_dir`` for a run (and so wrote its files there)."""
+    return Path(run_dir).resolve() in _held
 
 
 def hydra_output_subdir() -> Path | None:
@@ -91,8 +112,12 @@ def previous_results(run_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    """An exclusive, non-blocking ``flock`` on the run folder's lock file for the block."""
+def _locked(run_dir: Path) -> Iterator[Callable[[], None]]:
+    """An exclusive, non-blocking ``flock`` on the run folder's lock file for the block.
+
+    Yields ``announce``, which writes this process into the lock file: only once the folder is
+    accepted, so that a refused run leaves the file as it found it.
+    """
     path = run_dir / LOCK_FILE
     with open(path, "a+") as handle:
         try:
@@ -112,29 +137,34 @@ def _locked(run_dir: Path) -> Iterator[None]:
         else:
             locked = True
         if not locked:
-            yield
+            yield lambda: None
             return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
+        announced = False
+
+        def announce() -> None:
+            nonlocal announced
             handle.seek(0)
             handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             handle.flush()
+            announced = True
+
+        try:
+            yield announce
+        finally:
+            if announced:
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _refuse_other_results(run_dir: Path, ckpt_path: Any) -> None:
-    """Raise unless ``run_dir`` is new, or this run resumes from a checkpoint inside it."""
+def _refuse_other_results(run_dir: Path, ckpt_path: Any) -> list[str]:
+    """Raise unless ``run_dir`` is new, or this run resumes from a checkpoint inside it;
+    returns what the folder holds (a resumed run's own results)."""
     found = previous_results(run_dir)
-    if not found:
-        return
-    if ckpt_path is not None and resumes_in(run_dir, str(ckpt_path)):
-        log.info("resuming in %s, which holds %s", run_dir, ", ".join(found))
-        return
+    if not found or (ckpt_path is not None and resumes_in(run_dir, str(ckpt_path))):
+        return found
     raise ConfigError(
         f"{run_dir} already holds the results of another run ({', '.join(found)}); this run "
         "would overwrite them. Start it in a new folder (hydra.run.dir=<new folder>, or leave "

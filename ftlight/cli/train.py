@@ -14,6 +14,8 @@ from ftlight.cli.trial import trial
 from ftlight.compare import in_sweep
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError
+from ftlight.hydra_record import drop_records
+from ftlight.hydra_record import register as register_record
 from ftlight.preemption import RunInterrupted
 from ftlight.runfolder import is_launching_process
 from ftlight.speed.allocator import describe as describe_allocator
@@ -21,6 +23,7 @@ from ftlight.speed.allocator import use_fast_allocator
 from ftlight.train import train
 
 register()
+register_record()  # hydra.output_subdir: the staging folder of the run's .hydra/ record
 log = logging.getLogger("ftlight")
 
 
@@ -36,11 +39,13 @@ def _main(cfg: DictConfig) -> float | None:
             print(f"ftlight-train: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except FtlightError as err:
-        log.error("%s", err)  # into the run's ftlight.log
+        log.error("%s", err)  # into the run's ftlight.log, if this run held its folder
         print(f"ftlight-train: {err}", file=sys.stderr)  # stdout may be piped elsewhere
         if in_sweep():
             raise  # the sweep runs its other trials; the comparison lists this one as failed
         raise SystemExit(2) from None
+    finally:
+        drop_records()  # what a run that never claimed its folder staged
     return result.metrics.get("after", {}).get("loss")
 
 
