@@ -79,9 +79,9 @@ class Run(Parts):
         self, split: str, phase: str | None = None, folder: Path | None = None
     ) -> dict[str, float]:
         """The task's metrics of the current model on ``split`` (generation included);
-        ``phase`` also writes its rows to ``predictions/<phase>.jsonl`` under ``folder``
-        (default: the run folder)."""
-        rows = phase_file(folder or self.run_dir, phase) if phase else None
+        ``phase`` also writes its rows to ``<phase>.jsonl`` in ``folder`` (default: the run
+        folder's ``predictions``)."""
+        rows = phase_file(self.run_dir, phase, folder) if phase else None
         return score_split(self.trainer, self.module, self.data, split, rows)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from ftlight.errors import FtlightError
 from ftlight.evaluation.compare import compare
 from ftlight.evaluation.compare_report import format_console, write_comparison
+from ftlight.evaluation.predictions import diff_runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +39,24 @@ def main(argv: list[str] | None = None) -> None:
         help="folder for compare.md/.csv/.png (default: the one folder given, else the "
         "current folder)",
     )
+    parser.add_argument(
+        "--diff",
+        nargs="?",
+        const="after",
+        default=None,
+        metavar="PHASE",
+        help="list the evaluation rows where two runs answered differently, from their "
+        "predictions/PHASE.jsonl (before, few_shot or after; default after)",
+    )
     args = parser.parse_args(argv)
+    if args.diff is not None:
+        if len(args.paths) != 2:
+            parser.error(f"--diff compares two runs; got {len(args.paths)} paths")
+        try:
+            print(diff_runs(args.paths[0], args.paths[1], args.diff))
+        except FtlightError as err:
+            parser.exit(2, f"ftlight-compare: {err}\n")
+        return
     try:
         c = compare(args.paths, metric=args.metric, tolerance=args.tolerance)
         out = args.out or (args.paths[0] if len(args.paths) == 1 else Path("."))

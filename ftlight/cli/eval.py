@@ -23,8 +23,11 @@ from ftlight.validate import looks_like_path
 log = logging.getLogger("ftlight")
 
 
-def evaluate_model(model: str, overrides: list[str], split: str = "validation") -> dict[str, float]:
-    """Metrics of ``model`` (a run folder, model folder or Hub id) on the configured data.
+def evaluate_model(
+    model: str, overrides: list[str], split: str = "validation", predictions: Path | None = None
+) -> dict[str, float]:
+    """Metrics of ``model`` (a run folder, model folder or Hub id) on the configured data;
+    ``predictions``: a folder for each row's prompt, answer and scores (``<split>.jsonl``).
 
     What the model folder's files say (its task, its class names) is checked and passed on as
     plain values: nothing read from a file becomes config that ``instantiate`` would build.
@@ -67,7 +70,7 @@ def evaluate_model(model: str, overrides: list[str], split: str = "validation") 
                 cfg.data.train_path = cfg.data.get("val_path") or cfg.data.get("test_path")
         run = build_run(cfg, label_names=names)
         run.module.configure_model()
-        return run.evaluate(split)
+        return run.evaluate(split, phase=split if predictions else None, folder=predictions)
 
 
 def _read_object(path: Path) -> dict[str, Any]:
@@ -132,10 +135,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides (data=..., task=...)")
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
     parser.add_argument("--json", dest="json_out", default=None, help="also write metrics here")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        help="folder for <split>.jsonl: each row's prompt, answer and scores (default: "
+        "predictions/ beside --json)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     try:
-        metrics = evaluate_model(args.model, args.overrides, args.split)
+        rows = args.predictions
+        if rows is None and args.json_out:
+            rows = Path(args.json_out).parent / "predictions"
+        metrics = evaluate_model(args.model, args.overrides, args.split, rows)
     except FtlightError as err:
         parser.exit(2, f"ftlight-eval: {err}\n")
     width = max(len(k) for k in metrics)

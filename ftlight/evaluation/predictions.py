@@ -94,9 +94,9 @@ def label_rows(
     return rows
 
 
-def phase_file(folder: Path, phase: str) -> Path:
-    """Where the rows of ``phase`` go under ``folder`` (a run folder)."""
-    return Path(folder) / FOLDER / f"{phase}.jsonl"
+def phase_file(run_dir: Path, phase: str, folder: Path | None = None) -> Path:
+    """Where the rows of ``phase`` go: ``folder`` (default: the run folder's ``predictions``)."""
+    return Path(folder if folder is not None else Path(run_dir) / FOLDER) / f"{phase}.jsonl"
 
 
 def gathered(rows: list[dict[str, Any]], total: int) -> list[dict[str, Any]]:
@@ -172,6 +172,12 @@ def differing(
         if _outcome(row) != _outcome(other):
             pairs.append((row, other))
     return pairs
+
+
+def diff_runs(first: Path, second: Path, phase: str = "after") -> str:
+    """``format_diff`` of two run folders' (or predictions files') rows of ``phase``."""
+    rows = [read_rows(predictions_path(p, phase)) for p in (first, second)]
+    return format_diff((str(first), str(second)), rows[0], rows[1])
 
 
 def format_diff(names: tuple[str, str], first: list[dict], second: list[dict]) -> str:
