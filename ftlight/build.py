@@ -109,7 +109,7 @@ def build_parts(cfg: DictConfig, label_names: Sequence[str] | None = None) -> Pa
         data.prepare()
     task.configure(tokenizer, data.references(cfg.eval.split))
     kwargs = {**task.model_kwargs(data.labels, tokenizer), **strategy.load_kwargs(task)}
-    fingerprint = check_run(cfg, source, data)  # the model's limits; a resume's model and data
+    fingerprint = check_run(cfg, source, data, strategy)  # limits, fit; a resume's model, data
     check_before_weights(cfg, data)  # no-op settings: a warm-up past the end
     return Parts(
         cfg, Path(cfg.run_dir), strategy, task, source, tokenizer, data, kwargs, fingerprint

@@ -36,6 +36,10 @@ class Strategy:
     def validate(self, trainer_cfg: Mapping[str, Any], task: Task) -> None:
         """Reject combinations that cannot work, before anything heavy; raise ``ConfigError``."""
 
+    def check_model(self, model: nn.Module, task: Task) -> None:
+        """Refuse a model this strategy cannot train, before its weights load; ``model`` is
+        its skeleton on the meta device (``ftlight.validate.skeleton``); raise ``ConfigError``."""
+
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         """Freeze / inject adapters and return the model to train (may wrap it). Idempotent."""
         return model

@@ -37,6 +37,7 @@ from ftlight.validate.run import (
     read_checkpoint_meta,
 )
 from ftlight.validate.scheduler import check_scheduler
+from ftlight.validate.skeleton import check_strategy_fits
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -63,16 +64,18 @@ def check_config(cfg: DictConfig) -> None:
                 )
 
 
-def check_run(cfg: DictConfig, source: Any, data: Any) -> dict[str, Any]:
+def check_run(cfg: DictConfig, source: Any, data: Any, strategy: Any = None) -> dict[str, Any]:
     """Checks against the model's config and the parsed data, before the weights load.
 
-    Returns the run's fingerprint (model shape, training data), which checkpoints store.
+    ``strategy`` may refuse the model (``Strategy.check_model``). Returns the run's
+    fingerprint (model shape, training data), which checkpoints store.
     """
     folder = Path(str(source.resolve())) if hasattr(source, "resolve") else None
     config = read_json(folder / "config.json") if folder and folder.is_dir() else None
     if config:
         check_positions(cfg, data, config, f"in {folder / 'config.json'}")
         check_generation(cfg, data, config, f"in {folder / 'config.json'}")
+        check_strategy_fits(strategy, config, data.task)
     fingerprint = {
         "model": {"name": source.display_name, **model_shape(config or {})},
         "data": getattr(data, "fingerprint", None),

@@ -70,6 +70,32 @@ class QLoRAStrategy(LoRAStrategy):
                 "trainer=ddp, or strategy=lora with trainer=fsdp"
             )
 
+    def check_model(self, model: nn.Module, task: Task) -> None:
+        """A model with no layer that bitsandbytes quantises is refused: QLoRA would be LoRA
+        over an unquantised model (``model`` is the skeleton, before the weights load)."""
+        super().check_model(model, task)
+        from transformers.pytorch_utils import Conv1D
+
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        keep = [*task.full_precision_modules(), *task.new_module_names(model)]
+        kinds: set[str] = set()
+        for name, module in model.named_modules():
+            if not isinstance(module, nn.Linear | Conv1D) or module is head:
+                continue
+            if any(name == k or name.startswith(f"{k}.") or name.endswith(k) for k in keep):
+                continue
+            # transformers swaps exactly these for 4-bit layers, no subclass of nn.Linear
+            if isinstance(module, Conv1D) or type(module) is nn.Linear:
+                return
+            kinds.add(type(module).__name__)
+        found = f"its linear layers are {', '.join(sorted(kinds))}" if kinds else "it has none"
+        raise ConfigError(
+            f"strategy=qlora quantises a model's nn.Linear layers to 4-bit, but "
+            f"{type(model).__name__} has no layer bitsandbytes can quantise ({found}, which "
+            "transformers' 4-bit loading leaves as they are), so it would train LoRA over an "
+            "unquantised model. Use strategy=lora for this model"
+        )
+
     def load_kwargs(self, task: Task) -> dict[str, Any]:
         """A 4-bit ``BitsAndBytesConfig`` and a device map for this process."""
         _require_bitsandbytes()
@@ -98,6 +124,9 @@ class QLoRAStrategy(LoRAStrategy):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # a fresh head (ModernBERT's ``head`` before its classifier) trains in full precision:
+        # peft's trainable copy of a 4-bit layer fails in bitsandbytes
+        _dequantize_linear4bit(model, plain=tuple(task.new_module_names(model)))
         self.prepare_for_eval(model)
         return super().apply(model, task)
 
@@ -130,8 +159,9 @@ class QLoRAStrategy(LoRAStrategy):
         return model
 
 
-def _dequantize_linear4bit(model: nn.Module) -> None:
-    """Replace each LoRA layer over a 4-bit base by an ``nn.Linear`` with the merged weight.
+def _dequantize_linear4bit(model: nn.Module, plain: tuple[str, ...] = ()) -> None:
+    """Replace each LoRA layer over a 4-bit base by an ``nn.Linear`` with the merged weight;
+    with ``plain`` (module names), only the 4-bit layers in those modules, by their own weight.
 
     The weight is the exact dequantised NF4 weight plus the adapters' delta, in float32, so the
     merged model computes what the trained model computed (up to the compute dtype).
@@ -140,15 +170,23 @@ def _dequantize_linear4bit(model: nn.Module) -> None:
     from bitsandbytes.functional import dequantize_4bit
     from peft.tuners.lora import LoraLayer
 
-    for parent in list(model.modules()):
+    for prefix, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            if not isinstance(child, LoraLayer):
+            full = f"{prefix}.{name}" if prefix else name
+            if plain:
+                inside = any(full == p or full.startswith(f"{p}.") for p in plain)
+                base, child = (child, None) if inside else (None, None)
+            elif isinstance(child, LoraLayer):
+                base = child.get_base_layer()
+            else:
                 continue
-            base = child.get_base_layer()
             if not isinstance(base, bnb.nn.Linear4bit):
                 continue
-            weight = dequantize_4bit(base.weight.data, base.weight.quant_state).float()
-            for adapter in child.active_adapters:
+            state = getattr(base.weight, "quant_state", None)
+            # a 4-bit layer the checkpoint did not fill (a fresh head) holds a plain weight
+            weight = base.weight.data if state is None else dequantize_4bit(base.weight.data, state)
+            weight = weight.float()
+            for adapter in child.active_adapters if child is not None else []:
                 if adapter in child.lora_A:
                     weight = weight + child.get_delta_weight(adapter).float()
             linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
