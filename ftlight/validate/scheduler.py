@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ftlight.errors import ConfigError
 from ftlight.validate.common import ABSENT, select, show
@@ -21,6 +21,7 @@ from ftlight.validate.common import ABSENT, select, show
 def check_scheduler(cfg: DictConfig, env: dict[str, str] | None = None) -> None:
     """Under SLURM (``env``: ``os.environ``): the job step runs one task per device of the
     trainer config, ``trainer.devices`` on each of ``trainer.num_nodes`` nodes."""
+    check_launcher(cfg)
     env = dict(os.environ) if env is None else env
     if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
         return  # not a SLURM task, or an interactive allocation Lightning does not read
@@ -57,6 +58,31 @@ def check_scheduler(cfg: DictConfig, env: dict[str, str] | None = None) -> None:
             f"Set trainer.num_nodes={nodes}, or submit with --nodes={wanted} "
             "(hydra/launcher=slurm sizes each job from trainer.num_nodes)"
         )
+
+
+def check_launcher(cfg: DictConfig) -> None:
+    """A launcher other than Hydra's basic one is chosen only for a sweep: Hydra ignores it in
+    a single run, which would then train here instead of where the user meant."""
+    choices, mode = _hydra_choices(cfg)
+    launcher = choices.get("hydra/launcher")
+    if mode == "RUN" and launcher not in (None, "basic"):
+        raise ConfigError(
+            f"hydra/launcher={launcher} launches the trials of a sweep, and Hydra leaves it "
+            "unused in a single run, which would train here, on this machine. Add -m: "
+            f"ftlight-train -m hydra/launcher={launcher} <overrides>"
+        )
+
+
+def _hydra_choices(cfg: DictConfig) -> tuple[dict[str, Any], str | None]:
+    """The config groups chosen and the run mode (``RUN``, ``MULTIRUN``) of this run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get() if HydraConfig.initialized() else cfg.get("hydra")
+    if hydra is None:
+        return {}, None
+    choices = OmegaConf.select(hydra, "runtime.choices", default=None) or {}
+    mode = OmegaConf.select(hydra, "mode", default=None)
+    return dict(choices), None if mode is None else getattr(mode, "name", str(mode))
 
 
 def _int(value: Any) -> int | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -229,6 +230,15 @@ class SlurmLauncher(BaseSubmititLauncher):
         import submitit
 
         assert self.config is not None and self.hydra_context is not None
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:  # submitit's own refusal is a RuntimeError from inside the sweep
+            raise ConfigError(
+                f"hydra/launcher=slurm submits each trial with sbatch, but {' and '.join(missing)}"
+                f" {'is' if len(missing) == 1 else 'are'} not on this machine's PATH: this is not "
+                "a SLURM login node. Run the sweep "
+                "where SLURM is installed, or leave out hydra/launcher=slurm to run its trials "
+                "here, one after another"
+            )
         executor = submitit.SlurmExecutor(
             folder=self.params["submitit_folder"],
             max_num_timeout=int(self.params.get("max_num_timeout") or 0),
