@@ -360,3 +360,32 @@ def test_the_opening_kept_once_gives_generates_tokens(lm, monkeypatch, kept_once
     assert bool(entered) == kept_once  # the prompts and then the steps attend to it
     assert torch.equal(got, expected)
     assert model.config._attn_implementation == "sdpa"  # put back after decoding
+
+
+def test_processors_need_the_prompts_scores(lm) -> None:
+    """A scoring pass that kept only each prompt's argmax cannot start processed decoding."""
+    from transformers.generation import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    from ftlight.speed.decode import Prompted, _prompt
+
+    model, tok = lm
+    ids, mask = _batch(tok, [PREFIX + q for q in QUESTIONS[:2]])
+    encoded = _prompt(model, ids, mask, True, tok.pad_token_id)
+    assert encoded.scores is not None and encoded.scores.dtype == torch.float32
+    assert torch.equal(encoded.scores.argmax(-1), encoded.first)
+    argmax_only = Prompted(encoded.cache, encoded.valid, encoded.positions, encoded.first)
+    rows = [
+        (row[keep], LogitsProcessorList([RepetitionPenaltyLogitsProcessor(2.0)]))
+        for row, keep in zip(ids, mask.bool(), strict=True)
+    ]
+    with pytest.raises(ValueError, match="processors need the prompts' scores"):
+        greedy_decode(
+            model,
+            ids,
+            mask,
+            4,
+            [tok.eos_token_id],
+            tok.pad_token_id,
+            prompted=argmax_only,
+            processors=rows,
+        )
