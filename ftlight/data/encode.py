@@ -220,6 +220,11 @@ def _encode_with_template(
             t for t, (s, e) in zip(input_ids, offsets, strict=True) if _inside((s, e), spans[-1:])
         ]
         if eos_id not in last:
+            # what the template writes after the reply (Gemma's newline after <end_of_turn>) is
+            # labelled too: the reply and its end token stay one run, the reference whole
+            end = max((j + 1 for j, lab in enumerate(labels) if lab != IGNORE_INDEX), default=0)
+            if end:
+                labels[end:] = input_ids[end:]
             input_ids.append(eos_id)
             labels.append(eos_id)
     return input_ids, labels

@@ -7,7 +7,12 @@ import pytest
 from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 
-from ftlight.data.encode import IGNORE_INDEX, encode_classification, encode_sft
+from ftlight.data.encode import (
+    IGNORE_INDEX,
+    encode_classification,
+    encode_sft,
+    prompt_and_reference,
+)
 from ftlight.data.formats import ClassificationExample, SFTExample
 from ftlight.errors import DataError
 
@@ -98,8 +103,11 @@ def test_chat_template_appends_eos_when_the_turn_does_not_end_with_it(byte_level
     encoded = encode_sft(SFTExample([user("a"), assistant("b")]), tokenizer, max_length=None)
     assert encoded.input_ids[-1] == tokenizer.eos_token_id
     assert encoded.labels[-1] == tokenizer.eos_token_id
-    # Labelled: "b<|im_end|>", then the unlabelled "\n", then the appended eos.
-    assert labelled_spans(tokenizer, encoded) == ["b<|im_end|>", "<|endoftext|>"]
+    # Labelled in one run: "b<|im_end|>", the template's "\n" after it, the appended eos; the
+    # evaluation reference is the reply (a run of its own for the eos would leave it empty).
+    assert labelled_spans(tokenizer, encoded) == ["b<|im_end|>\n<|endoftext|>"]
+    reference = prompt_and_reference(encoded.input_ids, encoded.labels, tokenizer)["reference"]
+    assert reference == "b"
 
 
 def test_template_that_rewrites_earlier_turns_labels_only_the_last(chatml_tokenizer, caplog):
