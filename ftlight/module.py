@@ -14,10 +14,12 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from ftlight.errors import ConfigError, TrainingError
+from ftlight.resume import rank_rng_states, restore_rng_state, rng_state_of_rank
 from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel, grouped_kv
 from ftlight.speed.gated import recompute_gated_activations
 from ftlight.speed.lowp import cast_frozen_linears
 from ftlight.speed.merge import merged_lora
+from ftlight.speed.report import speed_line
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
 from ftlight.validate.sanity import non_finite_loss_message, parameter_sums
@@ -90,8 +92,7 @@ class FineTuneModule(L.LightningModule):
         #: each trainable parameter's sums right after the strategy applied (before a resume
         #: loads trained weights): the run checks at the end that training moved them
         self.start_sums: dict[str, torch.Tensor] = {}
-        self._resume_rng: torch.Tensor | None = None  # set by on_load_checkpoint
-        self._resume_cuda_rng: torch.Tensor | None = None  # and this one, from a GPU's
+        self._resume_rng: dict[str, Any] | None = None  # this rank's, set by on_load_checkpoint
 
     # -- model set-up ---------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -172,6 +173,9 @@ class FineTuneModule(L.LightningModule):
             )
         self._stop_if_not_finite(loss, batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if not getattr(self, "_speed_logged", False):  # what the first step chose, once a run
+            self._speed_logged = True
+            log.info("%s", speed_line(self))
         return loss
 
     def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
@@ -306,17 +310,20 @@ class FineTuneModule(L.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only what the strategy says must be saved (adapters + head for PEFT)."""
+        """Keep only what the strategy says must be saved (adapters + head for PEFT), with
+        every rank's random state."""
         state = self.strategy.trainable_state_dict(self.model)
         checkpoint["state_dict"] = {f"model.{k}": v for k, v in state.items()}
+        ranks = rank_rng_states(self.device)
         checkpoint["ftlight"] = {
             "strategy": self.strategy.name,
             "task": self.task.name,
-            "rng": torch.get_rng_state(),
+            "rng_ranks": ranks,
+            "rng": ranks[0]["torch"],  # what checkpoints held before per-rank states
             **self.fingerprint,
         }
-        if self.device.type == "cuda":  # dropout on the GPU draws from the device's generator
-            checkpoint["ftlight"]["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if "cuda" in ranks[0]:
+            checkpoint["ftlight"]["cuda_rng"] = ranks[0]["cuda"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint matches this run, load its trainable state, restore the RNG."""
@@ -330,8 +337,7 @@ class FineTuneModule(L.LightningModule):
         self.strategy.load_trainable_state_dict(self.model, state)
         # Put back where training continues, not now: Lightning draws from the RNG while it
         # sets up the fit (dataloader iterators), which would shift every later dropout mask.
-        self._resume_rng = meta.get("rng")
-        self._resume_cuda_rng = meta.get("cuda_rng")
+        self._resume_rng = rng_state_of_rank(meta)
 
     def on_train_epoch_start(self) -> None:
         """Resuming at an epoch boundary: restore the checkpoint's RNG state here."""
@@ -343,12 +349,8 @@ class FineTuneModule(L.LightningModule):
 
     def _restore_rng(self) -> None:
         if self._resume_rng is not None:
-            torch.set_rng_state(self._resume_rng)
+            restore_rng_state(self._resume_rng, self.device)
             self._resume_rng = None
-        if self._resume_cuda_rng is not None:
-            if self.device.type == "cuda":  # a GPU checkpoint resumed on the CPU: not needed
-                torch.cuda.set_rng_state(self._resume_cuda_rng, self.device)
-            self._resume_cuda_rng = None
 
 
 def _enable_activation_checkpointing(model: nn.Module) -> None:

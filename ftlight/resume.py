@@ -4,9 +4,10 @@
 it has none: ``checkpoints/*.ckpt`` (``last.ckpt``, periodic ``step*.ckpt``, the
 ``interrupted.ckpt`` a signal leaves) and Lightning's ``hpc_ckpt_*.ckpt``, newest by training
 step, then by time. A resumed run reuses the scores before training that its first attempt
-kept in ``before.json``; ``RunHistory`` carries the attempts and training time in the
-checkpoints (and ``ThroughputMonitor`` its loss history and throughput), so that
-``metrics.json`` and ``loss.png`` cover the whole run.
+kept in ``before.json``; every rank's random state travels in the checkpoint and goes back to
+the same rank (``rank_rng_states``, ``rng_state_of_rank``); ``RunHistory`` carries the
+attempts and training time in the checkpoints (and ``ThroughputMonitor`` its loss history and
+throughput), so that ``metrics.json`` and ``loss.png`` cover the whole run.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import copy
 import hashlib
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from ftlight.config import literal
@@ -168,3 +172,80 @@ class RunHistory(L.Callback):
             "seconds": self.previous["seconds"] + seconds,
             "throughput": throughput,
         }
+
+
+# -- random state, per rank ------------------------------------------------------------------
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random state (torch's, the GPU's on one, numpy's, Python's), in types a
+    weights-only ``torch.load`` reads back."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_rng_states(device: torch.device) -> list[dict[str, Any]]:
+    """Every rank's random state, in rank order (a collective: every rank saves a checkpoint;
+    rank 0 writes it). Ranks draw differently (their batches differ in shape), so a resume
+    that handed rank 0's state to all of them would change every later dropout mask."""
+    mine = rng_state(device)
+    rank, world = _rank_and_world()
+    if world == 1:
+        return [mine]
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def rng_state_of_rank(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """This rank's random state from a checkpoint's ``ftlight`` entry (None: it holds none).
+
+    A checkpoint of another number of processes, or from before per-rank states, gives every
+    rank rank 0's torch state, with a warning: training goes on, but not as it would have.
+    """
+    rank, world = _rank_and_world()
+    states = meta.get("rng_ranks")
+    if states and len(states) == world:
+        return states[rank]
+    if states or world > 1:
+        saved = f"{len(states)} processes" if states else "one random state (an older ftlight)"
+        if rank == 0:
+            log.warning(
+                "the checkpoint holds the random state of %s, this run has %d processes: every "
+                "rank continues from rank 0's, so dropout draws differ from an uninterrupted run",
+                saved,
+                world,
+            )
+    old = {"torch": meta.get("rng"), "cuda": meta.get("cuda_rng")}
+    return {k: v for k, v in old.items() if v is not None} or None
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Put back a state of ``rng_state`` (the GPU's only on a GPU)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":  # a GPU checkpoint resumed on the CPU
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if "numpy" in state:
+        saved = state["numpy"]
+        key = saved["key"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", key, saved["pos"], saved["has_gauss"], saved["gauss"]))
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
