@@ -97,7 +97,12 @@ class RunLog(logging.FileHandler):
     HELD_LIMIT = 10_000
     """Records held at most before the file opens (a run that never claims a folder)."""
 
-    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None) -> None:
+    def __init__(
+        self, filename: str | None = None, mode: str = "a", encoding: str | None = None
+    ) -> None:
+        if filename is None:  # named here: the config cannot, before Hydra knows its folder
+            job = HydraConfig.get()
+            filename = str(Path(job.runtime.output_dir) / f"{job.job.name}.log")
         super().__init__(filename, mode, encoding, delay=True)
         self.held: list[str] | None = []
         self.ended = False
