@@ -30,6 +30,7 @@ from ftlight.evaluation.compare_report import format_console, write_comparison
 from ftlight.evaluation.compare_runs import TRIAL_FILE
 from ftlight.files import atomic_write_text
 from ftlight.redact import MASK, is_secret_key
+from ftlight.runfolder import held_by_this_process
 
 log = logging.getLogger("ftlight")
 
@@ -121,7 +122,7 @@ class SweepComparison(Callback):
             except Exception as err:
                 text = str(err).strip()
                 record["error"] = text.splitlines()[0] if text else repr(err)
-        if run_dir.is_dir():
+        if held_by_this_process(run_dir):  # not a folder this trial was refused: another's
             atomic_write_text(run_dir / TRIAL_FILE, json.dumps(record, indent=2) + "\n")
 
 

@@ -100,7 +100,7 @@ class RunLog(logging.FileHandler):
     def __init__(
         self, filename: str | None = None, mode: str = "a", encoding: str | None = None
     ) -> None:
-        if filename is None:  # named here: the config cannot, before Hydra knows its folder
+        if filename is None:  # as Hydra names it; in the config it would not compose outside a job
             job = HydraConfig.get()
             filename = str(Path(job.runtime.output_dir) / f"{job.job.name}.log")
         super().__init__(filename, mode, encoding, delay=True)

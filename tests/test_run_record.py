@@ -4,6 +4,7 @@ lock file. Through the real command line (Hydra writes those before the run star
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -23,8 +24,9 @@ RESULTS_REFUSED = "already holds the results of another run"
 LOCK_REFUSED = "another run is writing into"
 
 
-def _start(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
-    """``python -m ftlight.train`` into ``run_dir``, its temporary files in ``tmp_path/tmp``."""
+def _start(tmp_path: Path, run_dir: Path | None, *overrides: str) -> subprocess.Popen:
+    """``python -m ftlight.train`` into ``run_dir`` (None: a sweep; ``overrides`` say where),
+    its temporary files in ``tmp_path/tmp``."""
     (tmp_path / "tmp").mkdir(exist_ok=True)
     env = {
         **os.environ,
@@ -34,7 +36,10 @@ def _start(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
         "TMPDIR": str(tmp_path / "tmp"),  # where Hydra's record waits: checked for leftovers
     }
     env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [sys.executable, "-m", "ftlight.train", *QUICK, *overrides, f"hydra.run.dir={run_dir}"]
+    flags = [o for o in overrides if o.startswith("-")]  # before the overrides, for argparse
+    cmd = [sys.executable, "-m", "ftlight.train", *flags, *QUICK]
+    cmd += [o for o in overrides if not o.startswith("-")]
+    cmd += [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
     return subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -136,6 +141,22 @@ def test_a_run_refused_by_the_lock_leaves_the_folder_as_it_was(tmp_path: Path) -
     _refused(result, f"{LOCK_REFUSED} {run_dir} (pid 4242 on elsewhere)")
     assert _snapshot(run_dir) == before
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+    _no_staging_left(tmp_path)
+
+
+def test_a_sweep_run_again_into_its_folder_leaves_its_trial_as_it_was(tmp_path: Path) -> None:
+    """A trial refused its folder records nothing there either (``trial.json``: the sweep's
+    comparison would list the finished trial as failed)."""
+    sweep = tmp_path / "sweep"
+    command = ["-m", "strategy.r=4", f"hydra.sweep.dir={sweep}"]
+    first = _train(tmp_path, None, *command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (trial,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    before = _snapshot(trial)
+    again = _train(tmp_path, None, *command)
+    assert again.returncode != 0 and f"{trial} {RESULTS_REFUSED}" in again.stderr, again.stderr
+    assert _snapshot(trial) == before
+    assert json.loads((trial / "trial.json").read_text())["status"] == "completed"
     _no_staging_left(tmp_path)
 
 
