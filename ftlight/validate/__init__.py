@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftlight.errors import ConfigError
 from ftlight.validate.common import read_json, registered_name
+from ftlight.validate.fingerprint import tokenizer_parts, weights_fingerprint
 from ftlight.validate.keys import check_resolves, check_signatures
 from ftlight.validate.options import (
     check_cache,
@@ -79,6 +80,8 @@ def check_run(cfg: DictConfig, source: Any, data: Any, strategy: Any = None) -> 
     fingerprint = {
         "model": {"name": source.display_name, **model_shape(config or {})},
         "data": getattr(data, "fingerprint", None),
+        "tokenizer": tokenizer_parts(getattr(data, "tokenizer", None)),
+        "weights": weights_fingerprint(folder),
     }
     if ckpt := checkpoint_file(cfg):
         compare_checkpoint(cfg, ckpt, read_checkpoint_meta(ckpt), fingerprint)

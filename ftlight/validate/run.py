@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from ftlight.errors import ConfigError
 from ftlight.validate.common import select, show
+from ftlight.validate.fingerprint import differences
 from ftlight.validate.positions import position_limit
 
 log = logging.getLogger("ftlight")
@@ -100,6 +101,15 @@ def compare_checkpoint(
         problems.append(
             f"the training data: its rows hash to {old_data}, this run's to {new_data} "
             "(other files, columns, format or held-out split)"
+        )
+    more, unchecked = differences(meta, run)
+    problems += more
+    if unchecked:
+        log.warning(
+            "ckpt_path=%s holds no fingerprint of its %s (an older ftlight wrote it): resuming "
+            "without checking them",
+            ckpt,
+            " or ".join(unchecked),
         )
     if not problems:
         return
