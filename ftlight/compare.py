@@ -29,7 +29,7 @@ from ftlight.evaluation.compare import compare
 from ftlight.evaluation.compare_report import format_console, write_comparison
 from ftlight.evaluation.compare_runs import TRIAL_FILE
 from ftlight.files import atomic_write_text
-from ftlight.redact import MASK, is_secret_key
+from ftlight.redact import MASK, is_secret_key, redact, secrets_in
 from ftlight.runfolder import held_by_this_process
 
 log = logging.getLogger("ftlight")
@@ -89,7 +89,7 @@ class SweepComparison(Callback):
         if not _is_multirun(config):
             return
         try:
-            self._record(Path(config.hydra.runtime.output_dir), job_return)
+            self._record(Path(config.hydra.runtime.output_dir), job_return, secrets_in(config))
             c = compare([Path(config.hydra.sweep.dir)])
             write_comparison(c, Path(config.hydra.sweep.dir))
             log.info("comparison of %d runs so far: %s", len(c.runs), config.hydra.sweep.dir)
@@ -107,8 +107,9 @@ class SweepComparison(Callback):
             return
         print("\n" + format_console(c) + "\n\nwrote " + ", ".join(str(p) for p in written))
 
-    def _record(self, run_dir: Path, job_return: Any) -> None:
-        """``trial.json``: completed or failed (and why), wall time, peak and starting RSS."""
+    def _record(self, run_dir: Path, job_return: Any, secrets: set[str]) -> None:
+        """``trial.json``: completed or failed (and why), wall time, peak and starting RSS; an
+        error that quotes a secret is masked."""
         failed = job_return.status == JobStatus.FAILED
         record: dict[str, Any] = {
             "status": "failed" if failed else "completed",
@@ -123,7 +124,8 @@ class SweepComparison(Callback):
                 text = str(err).strip()
                 record["error"] = text.splitlines()[0] if text else repr(err)
         if held_by_this_process(run_dir):  # not a folder this trial was refused: another's
-            atomic_write_text(run_dir / TRIAL_FILE, json.dumps(record, indent=2) + "\n")
+            text = json.dumps(redact(record, secrets), indent=2)
+            atomic_write_text(run_dir / TRIAL_FILE, text + "\n")
 
 
 def _is_multirun(config: DictConfig) -> bool:

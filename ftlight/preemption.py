@@ -41,6 +41,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ftlight.redact import MASK, masked_override
 from ftlight.resume import newest_checkpoint
 
 log = logging.getLogger("ftlight")
@@ -340,13 +341,24 @@ def _announce(err: RunInterrupted, run_dir: Path, is_rank_zero: bool) -> None:
 
 def resume_command(run_dir: Path, ckpt: Path) -> str:
     """The ``ftlight-train`` command that continues this run in ``run_dir`` from ``ckpt``:
-    the run's own overrides (from Hydra), its folder and the checkpoint."""
+    the run's own overrides (from Hydra), its folder and the checkpoint.
+
+    A secret's value is never written out (the command goes to the log): its override shows
+    ``***`` and the command is followed by which ones to give again.
+    """
+    masked: list[str] = []
     if HydraConfig.initialized():
         skip = ("ckpt_path=", "hydra.run.dir=", "run_dir=")
-        task = HydraConfig.get().overrides.task
-        overrides = [shlex.quote(o) for o in task if not o.startswith(skip)]
+        task = [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)]
+        shown = [masked_override(o) for o in task]
+        masked = [o.split("=", 1)[0] for o, s in zip(task, shown, strict=True) if o != s]
+        overrides = [shlex.quote(o) for o in shown]
     else:
         overrides = ["<the same overrides>"]
     folder, ckpt = Path(run_dir).absolute(), Path(ckpt).absolute()
     tail = [shlex.quote(f"hydra.run.dir={folder}"), shlex.quote(f"ckpt_path={ckpt}")]
-    return " ".join(["ftlight-train", *overrides, *tail])
+    command = " ".join(["ftlight-train", *overrides, *tail])
+    if masked:
+        names = ", ".join(masked)
+        command += f" (give {names} again in place of {MASK}: secret values are not written down)"
+    return command

@@ -1,7 +1,8 @@
 """Secrets stay out of files: settings whose names look like credentials are masked.
 
-One rule for everything ftlight writes (Hydra's ``.hydra/*.yaml``, the hyper-parameters sent
-to loggers, the model card, ``metrics.json``): a value under a key such as ``api_key``,
+One rule for everything ftlight writes (Hydra's ``.hydra/*.yaml`` and a sweep's
+``multirun.yaml``, the hyper-parameters sent to loggers, the model card, ``metrics.json``, every
+log record): a value under a key such as ``api_key``,
 ``hf_token``, ``access_token``, ``secret`` or ``password`` is replaced by ``MASK``; so is
 the value of a ``key=value`` override naming such a key, and any other text that contains one
 of those values. Keys that merely mention tokens (``max_new_tokens``, ``pad_token_id``,
@@ -10,12 +11,15 @@ of those values. Keys that merely mention tokens (``max_new_tokens``, ``pad_toke
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ftlight.files import atomic_write_text
@@ -137,8 +141,10 @@ def _redact_text(text: str, scrub: list[str], by_key: bool) -> str:
     if by_key and "=" in text:
 
         def mask(match: re.Match) -> str:
-            if is_secret_key(match["key"]) and not _is_reference(match["value"]):
-                return f"{match['key']}={MASK}"
+            key, value = match["key"], match["value"]
+            if is_secret_key(key) and not _is_reference(value):
+                quotes = value[len(value.rstrip("'\"")) :]  # a shell-quoted override keeps it
+                return f"{key}={MASK}{quotes}"
             return match[0]
 
         text = _ASSIGNMENT.sub(mask, text)
@@ -174,3 +180,125 @@ def redact_yaml_files(folder: Path, secrets: Collection[str] = ()) -> list[Path]
     if changed:
         log.info("masked secrets in %s", ", ".join(p.name for p in changed))
     return changed
+
+
+def masked_override(override: str) -> str:
+    """A ``key=value`` override with a secret's value replaced by ``MASK`` (a reference such as
+    ``${oc.env:HF_TOKEN}`` is kept: it names where the secret is)."""
+    key, sep, value = override.partition("=")
+    if sep and value and is_secret_key(key.lstrip("+~")) and not _is_reference(value):
+        return f"{key}={MASK}"
+    return override
+
+
+def redact_yaml_file(path: Path, secrets: Collection[str] = ()) -> bool:
+    """Rewrite one YAML file (a sweep's ``multirun.yaml``) with secrets masked; whether it
+    changed. Every value of a secret setting counts, sweeps (``a,b``) included."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    doc = OmegaConf.to_container(OmegaConf.load(path))
+    found = set(secrets) | secrets_in(doc)
+    for _, key, value in _walk(doc):  # an override line "+api_key=a,b" sweeps over two secrets
+        if key is None and isinstance(value, str):
+            name, sep, swept = value.partition("=")
+            if sep and is_secret_key(name.lstrip("+~")) and not _is_reference(swept):
+                found |= {v for v in swept.split(",") if v and "=" not in v}
+    clean = redact(doc, found)
+    clean = _mask_override_lines(clean)
+    if clean == doc:
+        return False
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(clean)))
+    log.info("masked secrets in %s", path)
+    return True
+
+
+def _mask_override_lines(obj: Any) -> Any:
+    """Lists of override lines with every secret's whole value masked (a sweep's ``a,b``)."""
+    if isinstance(obj, Mapping):
+        return {k: _mask_override_lines(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [masked_override(v) if isinstance(v, str) else _mask_override_lines(v) for v in obj]
+    return obj
+
+
+#: the secrets of every ``masked_logs`` block now open (a sweep's, then its trial's)
+_LOGGED_SECRETS: list[frozenset[str]] = []
+
+
+def _masked_record_factory(base: Callable[..., logging.LogRecord]) -> Callable:
+    """A ``LogRecord`` factory over ``base`` whose records' text has every open secret masked.
+
+    At the record's creation rather than in a handler's filter: Hydra replaces the handlers
+    (its own, then each job's ``ftlight.log``) and a filter would go with them.
+    """
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        if not _LOGGED_SECRETS:
+            return record
+        known = set().union(*_LOGGED_SECRETS)
+        scrub = sorted((s for s in known if len(s) >= _MIN_SCRUB_LENGTH), key=len, reverse=True)
+        message = record.getMessage()
+        clean = _redact_text(message, scrub, by_key=True)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:  # the traceback's text, formatted now, masked once
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = _redact_text(text, scrub, by_key=True)
+        if record.stack_info:
+            record.stack_info = _redact_text(record.stack_info, scrub, by_key=True)
+        return record
+
+    make.ftlight_masks = True  # type: ignore[attr-defined]
+    return make
+
+
+@contextlib.contextmanager
+def masked_logs(secrets: Collection[str] = ()) -> Iterator[None]:
+    """Every log record made in the block has ``secrets`` (and any secret ``key=value``
+    assignment) masked, whichever handler writes it: the console, Hydra's ``ftlight.log``."""
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "ftlight_masks", False):
+        logging.setLogRecordFactory(_masked_record_factory(factory))
+    entry = frozenset(secrets)
+    _LOGGED_SECRETS.append(entry)
+    try:
+        yield
+    finally:
+        _LOGGED_SECRETS.remove(entry)
+
+
+class SecretMasking(Callback):
+    """The Hydra callback (``hydra.callbacks`` in ``conf/config.yaml``) that keeps secrets out
+    of what Hydra writes outside the run folder's ``.hydra/``.
+
+    A sweep's log records (the launcher lists each trial's overrides) and each job's (its
+    ``ftlight.log``) are masked while they are made; ``multirun.yaml``, which Hydra saves with
+    every override as given, is rewritten masked when the first trial starts and again at the
+    end. Listed first among the callbacks, its masking covers what the others log.
+    """
+
+    def __init__(self) -> None:
+        self._sweep = contextlib.ExitStack()
+        self._job = contextlib.ExitStack()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mask the sweep's secrets in every record until it ends."""
+        self._sweep.enter_context(masked_logs(secrets_in(config)))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mask the job's secrets in its records; mask ``multirun.yaml`` (saved by now)."""
+        secrets = secrets_in(config)
+        self._job.enter_context(masked_logs(secrets))
+        if config.hydra.get("mode") == RunMode.MULTIRUN:
+            redact_yaml_file(Path(config.hydra.sweep.dir) / "multirun.yaml", secrets)
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Stop masking the job's secrets (a sweep's next trial has its own)."""
+        self._job.close()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mask ``multirun.yaml`` once more (a launcher that ran no trial here), then stop."""
+        redact_yaml_file(Path(config.hydra.sweep.dir) / "multirun.yaml", secrets_in(config))
+        self._sweep.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ftlight.redact import MASK, is_secret_key, redact, redact_yaml_files, secrets_in
+from ftlight.testing import BASE, setup_overrides
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -165,3 +168,124 @@ def test_the_wandb_config_holds_no_secret(helpers, tmp_path, monkeypatch) -> Non
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert b"abc123xyz" not in path.read_bytes(), path
+
+
+# -- log records, the resume hint and a sweep's multirun.yaml ---------------------------------
+def test_log_records_are_masked_while_a_run_holds_its_secrets(caplog) -> None:
+    """Message, arguments and traceback; assignments of secret keys too; not after the block."""
+    from ftlight.redact import masked_logs
+
+    log = logging.getLogger("ftlight.test")
+    with caplog.at_level(logging.INFO, logger="ftlight.test"):
+        with masked_logs({"abc123xyz"}):
+            log.info("resume with +hf_token=%s seed=%d", "hf_unknown77", 3)
+            try:
+                raise ValueError("bad key abc123xyz")
+            except ValueError:
+                log.exception("failed with %s", "abc123xyz")
+        log.info("after: abc123xyz")
+    assert caplog.messages == [
+        f"resume with +hf_token={MASK} seed=3",
+        f"failed with {MASK}",
+        "after: abc123xyz",
+    ]
+    assert f"ValueError: bad key {MASK}" in caplog.text and "bad key abc123xyz" not in caplog.text
+
+
+def test_a_sweeps_record_is_rewritten_masked(tmp_path) -> None:
+    """Each value of a swept secret (``a,b``) is masked, in overrides and everywhere else."""
+    from ftlight.redact import redact_yaml_file
+
+    record = {
+        "api_key": "abc123xyz",
+        "hydra": {"overrides": {"task": ["+api_key=abc123xyz", "+hf_token=hf_one1,hf_two2"]}},
+        "note": "hf_two2 was the second",
+        "seed": 1,
+    }
+    path = tmp_path / "multirun.yaml"
+    OmegaConf.save(OmegaConf.create(record), path)
+    assert redact_yaml_file(path)
+    assert OmegaConf.to_container(OmegaConf.load(path)) == {
+        "api_key": MASK,
+        "hydra": {"overrides": {"task": [f"+api_key={MASK}", f"+hf_token={MASK}"]}},
+        "note": f"{MASK} was the second",
+        "seed": 1,
+    }
+    assert not redact_yaml_file(path)  # masked once: left alone
+
+
+SWEPT = ["hf_swept_aaaa", "hf_swept_bbbb"]
+
+
+def test_a_sweep_writes_no_secret(tmp_path) -> None:
+    """``ftlight-train -m`` with a literal key and a swept token: no file of the sweep (its
+    multirun.yaml, each trial's log and record) and not the console holds either."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FTLIGHT_TEST_KEY": "envsecret99"}
+    args = [
+        "-m",
+        *setup_overrides("tiny-llama"),
+        *BASE,
+        "trainer.max_steps=1",
+        "trainer.max_epochs=-1",
+        "eval.before=false",
+        "eval.after=false",
+        "eval.export=false",
+        "+api_key=sweepsecret123",
+        f"+notes.hf_token={','.join(SWEPT)}",
+        "+notes.access_token=${oc.env:FTLIGHT_TEST_KEY}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    cmd = [sys.executable, "-m", "ftlight.train", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    logs = sorted(sweep.glob("*/ftlight.log"))
+    assert len(logs) == 2 and (sweep / "multirun.yaml").is_file()
+    for path in [p for p in sweep.rglob("*") if p.is_file()]:
+        for secret in ["sweepsecret123", *SWEPT, "envsecret99"]:
+            assert secret.encode() not in path.read_bytes(), f"{secret} in {path}"
+    for secret in ["sweepsecret123", *SWEPT, "envsecret99"]:
+        assert secret not in proc.stdout + proc.stderr
+    record = OmegaConf.to_container(OmegaConf.load(sweep / "multirun.yaml"), resolve=False)
+    overrides = record["hydra"]["overrides"]["task"]
+    assert f"+api_key={MASK}" in overrides and f"+notes.hf_token={MASK}" in overrides
+    assert "+notes.access_token=${oc.env:FTLIGHT_TEST_KEY}" in overrides  # where, not what
+    assert f"+api_key={MASK}" in proc.stdout  # the launcher's list of trials, masked
+
+
+def test_the_resume_hint_names_the_secret_without_its_value(tmp_path) -> None:
+    """A run stopped by SIGTERM logs how to resume: the secret's key with ``***``, and that
+    it must be given again."""
+    marker, run_dir = tmp_path / "paused", tmp_path / "run"
+    args = [
+        *setup_overrides("tiny-llama"),
+        *BASE,
+        "strategy=lora",
+        "trainer.max_steps=6",
+        "trainer.max_epochs=-1",
+        "eval.after=false",
+        "eval.export=false",
+        "+hf_token=hf_resume_secret42",
+        "+callbacks.pause._target_=ftlight.testing.PauseAtStep",
+        "+callbacks.pause.step=2",
+        f"+callbacks.pause.marker={marker}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(tmp_path / "err", "w") as err:
+        cmd = [sys.executable, "-m", "ftlight.train", *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    deadline = time.monotonic() + 300
+    while not Path(f"{marker}.0").exists():
+        assert proc.poll() is None, (tmp_path / "err").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached step 2"
+        time.sleep(0.1)
+    os.kill(int(Path(f"{marker}.0").read_text()), signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    log_text = (run_dir / "ftlight.log").read_text()
+    (line,) = [x for x in log_text.splitlines() if "Resume with: " in x]
+    assert f" '+hf_token={MASK}' " in line and f" hydra.run.dir={run_dir} ckpt_path=" in line
+    assert line.endswith(f"(give +hf_token again in place of {MASK}: secret values are not "
+                         "written down)")  # fmt: skip
+    for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        assert b"hf_resume_secret42" not in path.read_bytes(), path
