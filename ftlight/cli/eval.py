@@ -48,6 +48,12 @@ def evaluate_model(
             f"ftlight-eval {model}: no such folder (looked in {Path(model).expanduser().resolve()})"
             "; give a run folder, a model folder or a Hub id (org/name)"
         )
+    if "${" in model_ref:  # Hydra's instantiate resolves even an escaped "${" a second time
+        raise ModelError(
+            f"ftlight-eval {model}: the model folder's path {model_ref} holds '${{', which the "
+            "config would read as an interpolation; rename the folder (or link it) under a "
+            "plain name"
+        )
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     defaults = ["model=hf", f"model.name_or_path={_quoted(literal(model_ref))}", "strategy=full"]
     defaults += ["logger=none", f"eval.split={split}"]
