@@ -77,8 +77,8 @@ def _parsed_once() -> Iterator[None]:
     transformers' conversion runs without its progress bar.
 
     ``transformers`` reads the file's metadata separately for the tokenizer, the config and
-    the weights, and rebuilds gguf's name map for every submodule it visits; for SmolLM2-135M
-    that was about 20 of the 26 seconds a conversion took.
+    the weights, and rebuilds gguf's name map for every submodule it visits: most of a
+    conversion's time, done once instead.
     """
     import gguf
     from transformers import modeling_gguf_pytorch_utils as hf_gguf

@@ -38,9 +38,8 @@ AUTO_MARGIN = 16  # tokens past the longest reference (end of turn, a slightly l
 AUTO_FALLBACK = 128  # max_new_tokens=auto without references to size it from
 #: the model inputs with which a pass may share an opening and keep a cache
 PLAIN_INPUTS = frozenset({"input_ids", "attention_mask"})
-#: most logits an evaluation forward holds at once (16 M floats: 64 MB in float32; with the
-#: log-probabilities beside them, 32 M floats held the default run's evaluation peak 0.22-0.35 GB
-#: higher)
+#: most logits an evaluation forward holds at once (16 M floats: 64 MB in float32); twice that
+#: raised the evaluation's peak memory (benchmarks/README.md)
 EVAL_LOGITS = 2**24
 
 
