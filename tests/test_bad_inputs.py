@@ -474,7 +474,7 @@ def test_eval_of_a_path_with_a_comma(tmp_path, tiny_chat_llama, monkeypatch) -> 
     shutil.copytree(tiny_chat_llama, folder)
     seen = {}
 
-    def build_run(cfg):
+    def build_run(cfg, label_names=None):
         seen["path"] = cfg.model.name_or_path
         raise ConfigError("stop before loading")
 

@@ -74,7 +74,8 @@ def test_resume_onto_another_tokenizer_or_weights_is_refused(
     run = f"refused-{override.split('=')[0]}"
     done = _train(root, run, "trainer.max_steps=4", f"ckpt_path={ckpt}", override)
     assert done.returncode != 0
-    assert f"ckpt_path={ckpt} does not match this run in {differs}" in done.stderr
+    assert f"ckpt_path={ckpt} does not match this run in " in done.stderr
+    assert differs in done.stderr  # among what differs (a template also re-encodes the rows)
     assert "set ckpt_check=warn to resume from it anyway" in done.stderr
     assert "load tiny-llama" not in done.stderr  # refused before the weights load
     assert not (root / run / "checkpoints").exists()
