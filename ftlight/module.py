@@ -19,6 +19,7 @@ from ftlight.speed.attention import attention_kernel, check_kernel, choose_kerne
 from ftlight.speed.gated import recompute_gated_activations
 from ftlight.speed.lowp import cast_frozen_linears
 from ftlight.speed.merge import merged_lora
+from ftlight.speed.report import speed_line
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
 from ftlight.validate.sanity import non_finite_loss_message, parameter_sums
@@ -172,6 +173,9 @@ class FineTuneModule(L.LightningModule):
             )
         self._stop_if_not_finite(loss, batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if not getattr(self, "_speed_logged", False):  # what the first step chose, once a run
+            self._speed_logged = True
+            log.info("%s", speed_line(self))
         return loss
 
     def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:

@@ -66,6 +66,30 @@ def _constructor_params(cls: type) -> tuple[set[str], bool]:
     return names - {"self"}, False
 
 
+def assert_export_matches(trained: TrainedRun, atol: float = 1e-5) -> None:
+    """The run's ``model/`` loads with plain ``transformers``, and its ``adapter/`` (if any)
+    with ``peft`` over the base, and each computes the logits the trained model computed."""
+    module = trained.result.module
+    auto = module.task.auto_class()
+    model_dir = trained.run_dir / "model"
+    assert (model_dir / "config.json").is_file(), "the strategy exported no model/ folder"
+    merged = auto.from_pretrained(model_dir)
+    logits = _logits(merged, trained.probe.inputs)
+    torch.testing.assert_close(logits, trained.probe.logits, atol=atol, rtol=1e-4)
+    adapter = trained.run_dir / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        source = instantiate(trained.cfg.model)
+        kwargs = {
+            **module.strategy.load_kwargs(module.task),
+            **module.task.model_kwargs(trained.result.data.labels, trained.result.tokenizer),
+        }
+        base = auto.from_pretrained(source.resolve(), **kwargs)
+        with_adapter = PeftModel.from_pretrained(base, adapter)
+        module.strategy.prepare_for_eval(with_adapter)
+        logits = _logits(with_adapter, trained.probe.inputs)
+        torch.testing.assert_close(logits, trained.probe.logits, atol=atol, rtol=1e-4)
+
+
 class StrategyConformance:
     """Subclass with ``strategy = "<name>"``; ``overrides`` adds settings to every run."""
 
@@ -158,25 +182,7 @@ class StrategyConformance:
             torch.testing.assert_close(probe.end[name], whole.end[name], atol=1e-6, rtol=0)
 
     def test_export_loads_and_matches_the_trained_model(self, trained: TrainedRun) -> None:
-        module = trained.result.module
-        auto = module.task.auto_class()
-        model_dir = trained.run_dir / "model"
-        assert (model_dir / "config.json").is_file(), "the strategy exported no model/ folder"
-        merged = auto.from_pretrained(model_dir)
-        logits = _logits(merged, trained.probe.inputs)
-        torch.testing.assert_close(logits, trained.probe.logits, atol=self.atol, rtol=1e-4)
-        adapter = trained.run_dir / "adapter"
-        if (adapter / "adapter_config.json").is_file():
-            source = instantiate(trained.cfg.model)
-            kwargs = {
-                **module.strategy.load_kwargs(module.task),
-                **module.task.model_kwargs(trained.result.data.labels, trained.result.tokenizer),
-            }
-            base = auto.from_pretrained(source.resolve(), **kwargs)
-            with_adapter = PeftModel.from_pretrained(base, adapter)
-            module.strategy.prepare_for_eval(with_adapter)
-            logits = _logits(with_adapter, trained.probe.inputs)
-            torch.testing.assert_close(logits, trained.probe.logits, atol=self.atol, rtol=1e-4)
+        assert_export_matches(trained, self.atol)
 
     @pytest.mark.distributed
     def test_trains_in_two_ddp_processes(self, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from ftlight.optim import KINDS
 from ftlight.paths import cache_root
 from ftlight.speed.attention import KERNELS
 from ftlight.validate.common import ABSENT, select, show, target_class
+from ftlight.validate.model_folder import check_model_folder, resolve_folder
 from ftlight.validate.run import CKPT_CHECKS
 
 
@@ -242,9 +243,10 @@ def check_model_path(cfg: DictConfig) -> None:
     if not isinstance(ref, str) or not looks_like_path(ref):
         return
     folder = Path(ref).expanduser()
+    where = resolve_folder(folder, ref)
     if not folder.is_dir():
         raise ModelError(
-            f"model.name_or_path={ref!r}: no such folder (looked in {folder.resolve()}). "
+            f"model.name_or_path={ref!r}: no such folder (looked in {where}). "
             "Check the path (relative paths start from the directory you launched from); "
             "a Hub id has the form org/name"
         )
@@ -253,6 +255,7 @@ def check_model_path(cfg: DictConfig) -> None:
             f"model.name_or_path={ref!r} is a folder without config.json, so not a model "
             "written by save_pretrained; for a run folder use its model/ subfolder"
         )
+    check_model_folder(folder, ref, select(cfg, "model.trust_remote_code"))
 
 
 def check_cache(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig
 
+from ftlight.errors import ConfigError
 from ftlight.strategies.base import Strategy
 
 log = logging.getLogger("ftlight")
@@ -37,10 +38,36 @@ def model_skeleton(config: Mapping[str, Any], auto_class: type) -> nn.Module | N
 
 
 def check_strategy_fits(strategy: Any, config: Mapping[str, Any] | None, task: Any) -> None:
-    """Let the strategy refuse the model (``Strategy.check_model``) before the weights load."""
+    """Let the strategy refuse the model (``Strategy.check_model``) before the weights load;
+    a folder of already-quantised weights is refused."""
+    check_not_quantised(strategy, config)
     hook = getattr(type(strategy), "check_model", Strategy.check_model)
     if config is None or hook is Strategy.check_model:  # nothing to check: build nothing
         return
     skeleton = model_skeleton(config, task.auto_class())
     if skeleton is not None:
         strategy.check_model(skeleton, task)
+
+
+def check_not_quantised(strategy: Any, config: Mapping[str, Any] | None) -> None:
+    """A folder whose ``config.json`` holds a ``quantization_config`` (weights already 4- or
+    8-bit, GPTQ, AWQ, ...) cannot be fine-tuned in full precision: its weights are not floats to
+    train, and qlora quantises a full-precision model itself (its own settings, its export
+    merged over the original weights)."""
+    quant = (config or {}).get("quantization_config")
+    name = getattr(strategy, "name", "") or type(strategy).__name__
+    if not quant:
+        return
+    method = quant.get("quant_method", "a quantisation") if isinstance(quant, Mapping) else quant
+    bits = ""
+    if isinstance(quant, Mapping):
+        bits = (
+            " in 4 bits"
+            if quant.get("load_in_4bit")
+            else (" in 8 bits" if quant.get("load_in_8bit") else "")
+        )
+    raise ConfigError(
+        f"this model folder holds weights already quantised{bits} ({method}: quantization_config "
+        f"in its config.json), which strategy={name} cannot train from. Point model.name_or_path "
+        "at the original full-precision model (strategy=qlora quantises it to 4 bits itself)"
+    )

@@ -138,6 +138,7 @@ class QLoRAStrategy(LoRAStrategy):
         layout for training and evaluation.
         """
         bnb = _require_bitsandbytes()
+        _plain_unfilled(model)
         for module in model.modules():
             if isinstance(module, bnb.nn.Linear4bit):
                 module.support_avx512bf16_for_cpu = False
@@ -147,6 +148,7 @@ class QLoRAStrategy(LoRAStrategy):
         if isinstance(model, PeftModel):
             _dequantize_linear4bit(model)
             model = model.merge_and_unload()
+        _restore_conv1d(model)
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -194,3 +196,52 @@ def _dequantize_linear4bit(model: nn.Module, plain: tuple[str, ...] = ()) -> Non
             if base.bias is not None:
                 linear.bias = nn.Parameter(base.bias.detach().float(), requires_grad=False)
             setattr(parent, name, linear.to(weight.device))
+
+
+def _plain_unfilled(model: nn.Module) -> None:
+    """4-bit layers that no checkpoint filled (a fresh head loaded over a base folder: its
+    weight was never quantised) become ``nn.Linear``: bitsandbytes cannot run them."""
+    import bitsandbytes as bnb
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            weight = child.weight
+            if getattr(weight, "quant_state", None) is not None or weight.dim() != 2:
+                continue
+            if weight.shape[1] != child.in_features:
+                continue  # packed without its state: nothing to read back
+            linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+            linear.weight = nn.Parameter(weight.data.float(), weight.requires_grad)
+            if child.bias is not None:
+                linear.bias = nn.Parameter(child.bias.data.float(), child.bias.requires_grad)
+            setattr(parent, name, linear.to(weight.device))
+
+
+def _restore_conv1d(model: nn.Module) -> None:
+    """Layers the architecture defines as ``Conv1D`` (GPT-2, GPTBigCode...) go back to it.
+
+    transformers loads them in 4 bits as ``nn.Linear``-shaped layers (weight ``[out, in]``);
+    saved so, the export would not load into its own architecture, whose ``Conv1D`` keeps the
+    weight as ``[in, out]``.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.device("meta"):
+        reference = type(model)._from_config(model.config)
+    wanted = {n for n, m in reference.named_modules() if isinstance(m, Conv1D)}
+    if not wanted:
+        return
+    for prefix, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{prefix}.{name}" if prefix else name
+            if full not in wanted or type(child) is not nn.Linear:
+                continue
+            conv = Conv1D(child.out_features, child.in_features).to(child.weight.device)
+            conv.weight = nn.Parameter(child.weight.data.t().contiguous(), requires_grad=False)
+            if child.bias is not None:
+                conv.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            else:
+                conv.bias = nn.Parameter(torch.zeros(child.out_features), requires_grad=False)
+            setattr(parent, name, conv)
