@@ -8,7 +8,9 @@ exit status (2), that the message reaches stderr, and that no traceback is print
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -484,3 +486,142 @@ def test_eval_of_a_path_with_a_comma(tmp_path, tiny_chat_llama, monkeypatch) -> 
     assert seen["path"] == str(folder.resolve())
     with pytest.raises(ModelError, match=r"a,b: no such folder"):
         evaluate_model(str(tmp_path / "a,b"), [])
+
+
+def _folder_with(tiny: Path, scratch: Path, name: str, change: Callable[[Path], None]) -> Path:
+    """A copy of the tiny model folder, changed."""
+    folder = scratch / name
+    shutil.copytree(tiny, folder)
+    change(folder)
+    return folder
+
+
+def _config_entry(key: str, value: object) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        config[key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return change
+
+
+def _cut_weights(folder: Path) -> None:
+    (weights,) = folder.glob("*.safetensors")
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+
+
+def _damaged_gzip(path: Path) -> Path:
+    rows = "".join(
+        json.dumps({"instruction": "a" * 40, "output": "b" * 40}) + "\n" for _ in range(99)
+    )
+    packed = bytearray(gzip.compress(rows.encode()))
+    packed[40:60] = b"x" * 20  # the stream's middle overwritten: zlib fails while reading
+    path.write_bytes(bytes(packed))
+    return path
+
+
+def _link_loop(scratch: Path) -> Path:
+    (scratch / "loop-a").symlink_to(scratch / "loop-b")
+    (scratch / "loop-b").symlink_to(scratch / "loop-a")
+    return scratch / "loop-a"
+
+
+QUANTISED = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+
+#: mistakes that Hydra composes or that a model folder or file carries, through ftlight-train's
+#: own entry point (in this process): (overrides, what stderr must say). ``{x}`` names a path
+#: that ``_lay_out`` makes.
+ENTRY_CASES = {
+    "rank-not-a-number": (
+        ["strategy=lora", "strategy.r=abc"],
+        ["strategy.r='abc' must be an integer"],
+    ),
+    "rank-fractional": (["strategy=lora", "strategy.r=8.5"], ["strategy.r=8.5 must be an integer"]),
+    "unknown-key": (
+        ["strategy=lora", "+strategy.rank=16"],
+        ["has no option 'rank' (did you mean strategy.r=16?)", "alpha, bias, dropout, r"],
+    ),
+    "choice": (
+        ["strategy=lora", "strategy.bias=everything"],
+        ["strategy.bias='everything' is not a choice; use one of none, all, lora_only"],
+    ),
+    "self-interpolation": (
+        ["optimizer.lr=${optimizer.lr}"],
+        ["optimizer.lr refers to itself", "set optimizer.lr to a value"],
+    ),
+    "unset-environment-variable": (
+        ["optimizer.lr=${oc.env:FTLIGHT_UNSET_IN_TESTS}"],
+        ["FTLIGHT_UNSET_IN_TESTS, which is not set", "${oc.env:FTLIGHT_UNSET_IN_TESTS,<default>}"],
+    ),
+    "damaged-gzip": (
+        ["data.train_path={gz}"],
+        ["cannot be read", "cut short or damaged: copy or compress it again"],
+    ),
+    "data-link-loop": (
+        ["data.train_path={loop}"],
+        ["data.train_path=", "leads back to itself", "fix the link"],
+    ),
+    "model-link-loop": (
+        ["model=hf", "model.name_or_path={loop}"],
+        ["leads back to itself", "point model.name_or_path at the real folder"],
+    ),
+    "model-code": (
+        ["model=hf", "model.name_or_path={code}"],
+        ["needs its own Python code to load", "model.trust_remote_code=true"],
+    ),
+    "model-weights-cut": (
+        ["model=hf", "model.name_or_path={cut}"],
+        ["model.safetensors is not a readable safetensors file", "Copy the model folder again"],
+    ),
+    "model-already-quantised": (
+        ["model=hf", "model.name_or_path={quantised}", "strategy=full"],
+        ["already quantised in 4 bits", "which strategy=full cannot train from"],
+    ),
+    "unknown-strategy": (
+        ["strategy=lroa"],
+        ["strategy=lroa is not a choice (did you mean strategy=lora?)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ENTRY_CASES))
+def test_entry_point_exits_2_with_one_message(
+    name: str, tmp_path: Path, tiny_chat_llama: Path, monkeypatch, capsys
+) -> None:
+    """No traceback, exit status 2, the bad value and the fix on stderr, nothing loaded."""
+    from ftlight.cli.train import main
+    from ftlight.testing import BASE, SETUPS
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    paths = {
+        "gz": _damaged_gzip(scratch / "train.jsonl.gz"),
+        "loop": _link_loop(scratch),
+        "code": _folder_with(
+            tiny_chat_llama, scratch, "code", _config_entry("auto_map", {"AutoModel": "m.M"})
+        ),
+        "cut": _folder_with(tiny_chat_llama, scratch, "cut", _cut_weights),
+        "quantised": _folder_with(
+            tiny_chat_llama, scratch, "q", _config_entry("quantization_config", QUANTISED)
+        ),
+    }
+    overrides, says = ENTRY_CASES[name]
+    run = tmp_path / "run"
+    argv = [*BASE, *SETUPS["tiny-llama"], f"run_dir={run}"]
+    for key, path in paths.items():
+        overrides = [o.replace(f"={{{key}}}", f"={path}") for o in overrides]
+    argv += overrides
+    monkeypatch.chdir(scratch)
+    monkeypatch.delenv("FTLIGHT_UNSET_IN_TESTS", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(HFModel, "load", lambda *a, **k: pytest.fail("weights were loaded"))
+    monkeypatch.setattr(sys, "argv", ["ftlight-train", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err[-3000:]
+    assert "Traceback" not in err
+    for text in says:
+        assert text in err, err[-2000:]
+    assert not (run / "checkpoints").exists()

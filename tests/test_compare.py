@@ -359,3 +359,16 @@ def test_a_real_sweep_writes_its_comparison(tmp_path: Path) -> None:
     # tiny Llama: 2 layers x 7 linear layers; r=2 has twice the adapter parameters of r=1
     assert int(rows[2]["trainable"]) == 2 * int(rows[0]["trainable"])
     assert (sweep / "compare.png").is_file()
+
+
+def test_runs_given_by_relative_and_absolute_paths(rank_sweep: Path, monkeypatch) -> None:
+    """``ftlight-compare a b`` from the folder that holds them, and a mix of both spellings."""
+    monkeypatch.chdir(rank_sweep)
+    runs = sorted(p.name for p in rank_sweep.iterdir() if p.is_dir())[:2]
+    relative = compare([Path(runs[0]), Path(runs[1])])
+    assert [r.name for r in relative.runs] == runs
+    mixed = compare([Path(runs[0]), rank_sweep / runs[1]])
+    assert [r.name for r in mixed.runs] == runs
+    monkeypatch.chdir(rank_sweep.parent)
+    below = compare([Path("sweep")])
+    assert [r.name for r in below.runs][:2] == runs

@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -50,8 +51,11 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             f"data file '{path}' is not UTF-8 text ({err.reason} at byte {err.start}); "
             "re-save it as UTF-8."
         ) from err
-    except (OSError, EOFError) as err:
-        raise DataError(f"data file '{path}' cannot be read: {err}") from err
+    except (OSError, EOFError, zlib.error) as err:
+        fix = ""
+        if path.name.lower().endswith(".gz"):
+            fix = " The compressed file is cut short or damaged: copy or compress it again."
+        raise DataError(f"data file '{path}' cannot be read: {err}.{fix}") from err
     if not records:
         raise DataError(f"data file '{path}' has no rows; add data or fix the path.")
     return records

@@ -53,9 +53,16 @@ class LocalFiles:
         self.paths = {"train": train_path, "validation": val_path, "test": test_path}
         for split, path in self.paths.items():
             if path and not Path(path).expanduser().is_file():
+                key = f"data.{'val' if split == 'validation' else split}_path"
+                try:
+                    where = Path(path).expanduser().resolve()
+                except (RuntimeError, OSError) as err:  # pathlib's "Symlink loop from ..."
+                    raise DataError(
+                        f"{key}={path!r}: the symbolic link leads back to itself ({err}); point "
+                        f"{key} at the real file, or fix the link (ls -l {path})"
+                    ) from None
                 raise DataError(
-                    f"data.{'val' if split == 'validation' else split}_path={path!r} does not "
-                    f"exist (looked in {Path(path).expanduser().resolve()}). Check the path; "
+                    f"{key}={path!r} does not exist (looked in {where}). Check the path; "
                     "relative paths are resolved against the directory you launched from."
                 )
 

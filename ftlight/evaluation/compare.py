@@ -85,8 +85,8 @@ def compare(paths: list[Path], metric: str | None = None, tolerance: float = 0.0
     """Read the runs under ``paths`` and set up their comparison."""
     if not (isinstance(tolerance, int | float) and tolerance >= 0 and math.isfinite(tolerance)):
         raise ConfigError(f"--tolerance {tolerance!r}: expected a number >= 0, e.g. 0.01")
-    folders = find_runs(paths)
-    root = _common_root(folders, paths)
+    folders = [p.resolve() for p in find_runs(paths)]  # relative and absolute paths alike
+    root = _common_root(folders, [p.resolve() for p in paths])
     runs = [read_run(p, p.relative_to(root).as_posix() if p != root else p.name) for p in folders]
     _check_one_task(runs)
     return Comparison(
