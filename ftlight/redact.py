@@ -283,6 +283,14 @@ class SecretMasking(Callback):
         self._sweep = contextlib.ExitStack()
         self._job = contextlib.ExitStack()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Nothing of this process's masking travels: a launcher such as submitit pickles the
+        callbacks with each trial, and the trial's process masks its own records."""
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Mask the sweep's secrets in every record until it ends."""
         self._sweep.enter_context(masked_logs(secrets_in(config)))

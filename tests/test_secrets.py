@@ -289,3 +289,20 @@ def test_the_resume_hint_names_the_secret_without_its_value(tmp_path) -> None:
                          "written down)")  # fmt: skip
     for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
         assert b"hf_resume_secret42" not in path.read_bytes(), path
+
+
+def test_the_masking_callback_travels_to_a_trial_in_the_middle_of_a_sweep() -> None:
+    """submitit pickles Hydra's callbacks with every trial it submits, while the sweep masks."""
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    from ftlight.redact import SecretMasking
+
+    callback = SecretMasking()
+    callback.on_multirun_start(OmegaConf.create({"hf_token": "hf_abcdefghijklmnop"}))
+    try:
+        copy = pickle.loads(pickle.dumps(callback))
+    finally:
+        callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": "/nonexistent"}}}))
+    copy.on_job_end(OmegaConf.create({}))  # a fresh masking of its own, nothing to close
