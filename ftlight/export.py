@@ -95,11 +95,24 @@ def export_run(run: Any, model: nn.Module, summary: dict[str, Any]) -> dict[str,
     card = model_card(
         {**meta, "config_yaml": redacted_yaml(run.cfg)}, summary["before"], summary["after"]
     )
+    _keep_decoding(run.task, model)
     try:
         with timed("export", log):
             return run.strategy.export(model, ModelSaver(run.tokenizer, meta, card), run.run_dir)
     except OSError as err:
         raise _export_failed(run.run_dir, err) from err
+
+
+def _keep_decoding(task: Any, model: nn.Module) -> None:
+    """The run's ``task.generation`` overrides go into the exported ``generation_config.json``,
+    so that the model decodes after export as it was evaluated."""
+    overrides = getattr(getattr(task, "answers", None), "overrides", None)
+    if not overrides:
+        return
+    from ftlight.tasks.generation import decoding_config
+
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    inner.generation_config = decoding_config(inner, overrides)
 
 
 def _export_failed(run_dir: Path, err: OSError) -> StorageError:

@@ -325,3 +325,27 @@ def _escaped(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+@pytest.mark.parametrize("strategy", ["lora", "full"])
+def test_the_export_decodes_as_the_run_evaluated(tmp_path, strategy: str) -> None:
+    """task.generation overrides reach the exported generation_config.json (model/ and, for an
+    adapter, the merged model), so generate() after export applies what evaluation applied."""
+    from transformers import GenerationConfig
+
+    from ftlight.testing import QUICK_FIT, compose_config, train_with_probe
+
+    cfg = compose_config(
+        [
+            f"strategy={strategy}",
+            *QUICK_FIT,
+            "trainer.max_steps=2",
+            "task.generation.repetition_penalty=1.3",
+            "task.generation.no_repeat_ngram_size=3",
+        ],
+        tmp_path,
+        "tiny-llama",
+    )
+    train_with_probe(cfg)
+    saved = GenerationConfig.from_pretrained(tmp_path / "model")
+    assert saved.repetition_penalty == 1.3 and saved.no_repeat_ngram_size == 3
