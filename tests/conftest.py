@@ -6,6 +6,7 @@ conformance suite use them too); the fixtures here apply to ``tests/``.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -49,6 +50,23 @@ def ftlight_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """
     with isolated_cache(tmp_path_factory.getbasetemp() / "ftlight-cache") as cache:
         yield cache
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Each test leaves logging as it found it.
+
+    A command run in this process lets Hydra configure logging: its handlers write to the
+    stream pytest captured for that test, closed once the test ends, and a later test's log
+    call would fail on it.
+    """
+    loggers = [logging.getLogger(), *map(logging.getLogger, ("ftlight", "lightning", "hydra"))]
+    kept = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in kept:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
 
 
 @pytest.fixture(scope="session")
