@@ -128,3 +128,21 @@ def test_profile_summary_reads_device_time_on_a_gpu() -> None:
     assert cats["matmul"]["ms_per_step"] == pytest.approx(20.0)
     assert cats["matmul"]["gflop_per_s"] == pytest.approx(400_000.0)
     assert cats["outside operators"]["ms_per_step"] == pytest.approx(30.0)  # device idle
+
+
+def test_paired_accuracy_trains_both_systems_on_the_same_rows(tmp_path: Path) -> None:
+    """ftlight and the Trainer, one seed on the tiny BERT: the same start (the same eval loss
+    after two steps within float noise), each score and the difference in the JSON."""
+    out = tmp_path / "paired.json"
+    script = SCRIPT.with_name("paired_accuracy.py")
+    cmd = [sys.executable, str(script), "--model", "tiny-bert", "--rows", "32", "--steps", "2"]
+    cmd += ["--seeds", "0", "--val-rows", "16", "--precision", "fp32", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    ours, theirs = report["runs"]["ftlight"]["0"], report["runs"]["hf_trainer"]["0"]
+    assert ours["steps"] == theirs["steps"] == 2
+    assert ours["eval_loss"] == pytest.approx(theirs["eval_loss"], abs=1e-3)
+    figures = report["figures"]
+    gap = figures["ftlight"]["mean"] - figures["hf_trainer"]["mean"]
+    assert figures["difference"]["mean"] == pytest.approx(gap)
