@@ -169,8 +169,8 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
     generation; ftlight's decoding continues from the scoring pass's keys and values."""
     from ftlight.speed.attention import grouped_kv
     from ftlight.speed.decode import greedy_decode
-    from ftlight.speed.merge import merged_lora
     from ftlight.tasks.causal_lm import _answer_tokens
+    from ftlight_lora.merge import merged_lora
 
     tok = task.tokenizer
     eos = sorted({tok.eos_token_id, *_ids(model.generation_config.eos_token_id)} - {None})

@@ -58,11 +58,11 @@ LLAMA_1B_SHAPE = [
 ]
 #: every speed switch ftlight has, off
 PLAIN = [
-    "share_prefix=false",
-    "recompute_activation=false",
-    "attention_kernel=torch",
-    "activation_checkpointing=false",
-    "compile=false",
+    "speed.share_prefix=false",
+    "speed.recompute_activation=false",
+    "speed.attention_kernel=torch",
+    "speed.activation_checkpointing=false",
+    "speed.compile=false",
 ]
 
 

@@ -30,6 +30,7 @@ from ftlight.logs import PHASES, quiet_libraries, timed
 from ftlight.module import FineTuneModule
 from ftlight.preemption import Preemption, on_slurm
 from ftlight.redact import redact
+from ftlight.speed.plan import SpeedPlan
 from ftlight.strategies.registry import check_strategy
 from ftlight.validate import check_config, check_run
 from ftlight.validate.sanity import check_before_weights
@@ -134,13 +135,19 @@ def build_module(cfg: DictConfig, parts: Parts, model: nn.Module) -> FineTuneMod
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         frozen_dtype=torch.bfloat16 if precision.startswith("bf16-mixed") else None,
-        activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),
-        recompute_activation=bool(cfg.get("recompute_activation", True)),
-        compile=bool(cfg.get("compile", False)),
-        attention_kernel=str(cfg.get("attention_kernel", "auto")),
-        share_prefix=bool(cfg.get("share_prefix", True)),
+        speed=speed_plan(cfg),
         fingerprint=parts.fingerprint,
     )
+
+
+def speed_plan(cfg: DictConfig) -> SpeedPlan:
+    """The run's speed plan (``speed``; a config written before the group: every part on),
+    less the parts that stand aside on the installed libraries."""
+    node = cfg.get("speed")
+    plan = SpeedPlan() if node is None else instantiate(node)
+    if not isinstance(plan, SpeedPlan):
+        raise ConfigError("speed config must build a ftlight.speed.plan.SpeedPlan (speed=auto)")
+    return plan.checked()
 
 
 def build_trainer(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:

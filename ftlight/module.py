@@ -18,7 +18,7 @@ from ftlight.resume import rank_rng_states, restore_rng_state, rng_state_of_rank
 from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel, grouped_kv
 from ftlight.speed.gated import recompute_gated_activations
 from ftlight.speed.lowp import cast_frozen_linears
-from ftlight.speed.merge import merged_lora
+from ftlight.speed.plan import SpeedPlan
 from ftlight.speed.report import speed_line
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
@@ -34,16 +34,16 @@ class FineTuneModule(L.LightningModule):
     """Forward, steps, metrics and checkpoint contents; the strategy decides what trains.
 
     ``optimizer`` is a partial taking the parameters; ``scheduler`` a partial taking the
-    optimizer and the total number of optimizer steps.
-    ``activation_checkpointing`` recomputes each transformer block's activations in the
-    backward pass (less memory, more compute); ``recompute_activation`` keeps a gated MLP's
-    ``gate(x)`` and ``up(x)`` but not ``act(gate(x))``, recomputed in backward (same numbers,
-    less memory; ``ftlight.speed.gated``); ``compile`` compiles each block with
-    ``torch.compile`` (dynamic shapes; the first steps pay for compilation).
-    ``attention_kernel`` picks the attention kernel of training steps (``ftlight.speed.attention``:
-    ``auto`` takes the faster one for short bf16 rows on a CPU).
-    ``share_prefix`` runs the opening every row of a batch shares once (``ftlight.speed.prefix``);
-    training steps under activation checkpointing, compiled blocks or FSDP run every row whole.
+    optimizer and the total number of optimizer steps. ``speed`` says which speed parts run
+    (``ftlight.speed.plan``; default: all of them): ``activation_checkpointing`` recomputes each
+    transformer block's activations in the backward pass (less memory, more compute);
+    ``recompute_activation`` keeps a gated MLP's ``gate(x)`` and ``up(x)`` but not
+    ``act(gate(x))``, recomputed in backward (``ftlight.speed.gated``); ``compile`` compiles
+    each block with ``torch.compile`` (dynamic shapes); ``attention_kernel`` picks the attention
+    kernel of training steps (``ftlight.speed.attention``); ``share_prefix`` runs the opening
+    every row of a batch shares once (``ftlight.speed.prefix``; training steps under activation
+    checkpointing, compiled blocks or FSDP run every row whole). The strategy and the task get
+    the plan too, for their own parts.
     """
 
     def __init__(
@@ -54,32 +54,30 @@ class FineTuneModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         frozen_dtype: torch.dtype | None = None,
-        activation_checkpointing: bool = False,
-        recompute_activation: bool = True,
-        compile: bool = False,
-        attention_kernel: str = "auto",
-        share_prefix: bool = True,
+        speed: SpeedPlan | None = None,
         fingerprint: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         #: the run's model and data (``ftlight.validate.check_run``), stored in checkpoints
         self.fingerprint = dict(fingerprint or {})
-        self.kernel_setting = check_kernel(attention_kernel)
-        if self.kernel_setting == "auto" and compile:
+        self.speed = speed = speed or SpeedPlan()
+        self.kernel_setting = check_kernel(speed.attention_kernel)
+        if self.kernel_setting == "auto" and speed.compile:
             self.kernel_setting = "torch"  # compiled blocks are traced under PyTorch's choice
         self._step_kernel: str | None = None  # this step's choice, kept for its backward
         self._heads: int | None = None  # the model's attention heads, looked up once
         #: dtype to keep frozen linear weights in (the autocast dtype), or None
-        self.frozen_dtype = frozen_dtype
+        self.frozen_dtype = frozen_dtype if speed.frozen_bf16 else None
         self.frozen_cast = 0
-        self.activation_checkpointing = activation_checkpointing
-        self.recompute_activation = recompute_activation
+        self.activation_checkpointing = speed.activation_checkpointing
+        self.recompute_activation = speed.recompute_activation
         self.recomputed_mlps = 0
-        self.compile_blocks = compile
-        self.share_prefix = share_prefix
+        self.compile_blocks = speed.compile
+        self.share_prefix = speed.share_prefix
         self.model = model
         self.strategy = strategy
         self.task = task
+        strategy.speed = task.speed = speed  # their own parts (LoRA's forward; losses, decoding)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.generate_in_eval = False
@@ -167,7 +165,10 @@ class FineTuneModule(L.LightningModule):
         self.task.prefix_sharing = self.share_prefix and not (
             self.activation_checkpointing or self.compile_blocks or self.sharded
         )
-        with attention_kernel(self._step_kernel), grouped_kv(self.device.type):
+        with (
+            attention_kernel(self._step_kernel),
+            grouped_kv(self.device.type, self.speed.grouped_kv),
+        ):
             loss = self.task.training_loss(
                 self.model, {k: batch[k] for k in MODEL_INPUTS if k in batch}
             )
@@ -213,7 +214,10 @@ class FineTuneModule(L.LightningModule):
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Backward under the step's attention kernel (activation checkpointing recomputes
         the forward here, and must take the same kernel)."""
-        with attention_kernel(self._step_kernel), grouped_kv(self.device.type):
+        with (
+            attention_kernel(self._step_kernel),
+            grouped_kv(self.device.type, self.speed.grouped_kv),
+        ):
             super().backward(loss, *args, **kwargs)
 
     def _choose_kernel(self, batch: dict[str, Any]) -> str | None:
@@ -242,13 +246,12 @@ class FineTuneModule(L.LightningModule):
         self.strategy.prepare_for_eval(self.model)
 
     def on_validation_epoch_start(self) -> None:
-        """Start a clean metric pass, LoRA adapters folded into their weights (in place; put
-        back bit for bit at the end): zero adapters skipped, trained ones merged."""
+        """Start a clean metric pass, the model in the strategy's evaluation view (LoRA: the
+        adapters folded into their weights, put back bit for bit at the end)."""
         if not len(self.val_metrics):
             self.reset_metrics()
-        if not self.sharded:
-            merged = self._merged.enter_context(merged_lora(self.model))
-            log.debug("evaluating with %d LoRA layers merged", merged)
+        if not self.sharded:  # sharded weights stay as they are
+            self._merged.enter_context(self.strategy.evaluation_view(self.model))
 
     def on_validation_epoch_end(self) -> None:
         """Log every metric as ``val/<name>``; put unmerged adapters back."""
@@ -264,7 +267,7 @@ class FineTuneModule(L.LightningModule):
         # compiled blocks are for training: evaluation shapes (generation's one-token steps
         # with a cache) would only pay for more compilation
         eager = torch.compiler.set_stance("force_eager") if self.compile_blocks else nullcontext()
-        with eager, grouped_kv(self.device.type):
+        with eager, grouped_kv(self.device.type, self.speed.grouped_kv):
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
             self.task.prefix_sharing = self.share_prefix and not self.sharded
             gen_model = self.model if self.generate_in_eval else None
@@ -360,7 +363,7 @@ def _enable_activation_checkpointing(model: nn.Module) -> None:
     enable = getattr(hf, "activation_checkpointing_enable", None)
     if enable is None or not getattr(hf, "supports_gradient_checkpointing", False):
         raise ConfigError(
-            f"activation_checkpointing=true, but {type(hf).__name__} does not support it; "
-            "set activation_checkpointing=false"
+            f"speed.activation_checkpointing=true, but {type(hf).__name__} does not support it; "
+            "set speed.activation_checkpointing=false"
         )
     enable(activation_checkpointing_kwargs={"use_reentrant": False})

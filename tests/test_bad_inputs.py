@@ -139,11 +139,15 @@ CASES: dict[str, Case] = {
     ),
     "boolean": Case(("eval.before=flase",), C, ("eval.before='flase' must be true or false",)),
     "boolean-step": Case(
-        ("recompute_activation=yes",), C, ("recompute_activation='yes' must be true or false",)
+        ("speed.recompute_activation=yes",),
+        C,
+        ("speed.recompute_activation='yes' must be true or false",),
     ),
     "ckpt-check": Case(("ckpt_check=loose",), C, ("ckpt_check='loose'", "strict, warn")),
     "attention-kernel": Case(
-        ("attention_kernel=fast",), C, ("attention_kernel='fast'", "auto, torch, math, flash")
+        ("speed.attention_kernel=fast",),
+        C,
+        ("speed.attention_kernel='fast'", "auto, torch, math, flash"),
     ),
     "model-dtype": Case(
         ("model=hf", "model.name_or_path={tiny}", "model.dtype=float8"),

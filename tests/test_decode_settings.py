@@ -349,3 +349,50 @@ def test_the_export_decodes_as_the_run_evaluated(tmp_path, strategy: str) -> Non
     train_with_probe(cfg)
     saved = GenerationConfig.from_pretrained(tmp_path / "model")
     assert saved.repetition_penalty == 1.3 and saved.no_repeat_ngram_size == 3
+
+
+def test_past_a_sliding_window_evaluation_decodes_with_generate(caplog) -> None:
+    """A model with a sliding attention window (Gemma 3's zoo model: 64 tokens), prompts of 60
+    to 70 tokens with a shared opening, left-padded in one batch: the answers are those of ``generate`` on each prompt
+    alone. The fast decoder's cache holds padding between a prompt and its answer, which a
+    window would count, so past the window the pass goes to ``model.generate``."""
+    from ftlight.speed.decode import attention_window
+    from ftlight.testing.zoo import zoo_model
+
+    folder = zoo_model("gemma3").build()
+    model = AutoModelForCausalLM.from_pretrained(folder).float().eval()
+    torch.manual_seed(1)
+    window = attention_window(model)
+    assert window == 64
+    llama = zoo_model("llama").build()
+    assert attention_window(AutoModelForCausalLM.from_pretrained(llama)) is None
+    opening = torch.randint(5, 200, (40,))  # shared: the decoder encodes it once
+    prompts = [torch.cat([opening, torch.randint(5, 200, (n,))]) for n in (20, 30, 26, 27, 21)]
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    steps = 8
+    with torch.no_grad():
+        alone = [
+            model.generate(
+                input_ids=p[None], max_new_tokens=steps, do_sample=False, eos_token_id=None
+            )[0, len(p) :]
+            for p in prompts
+        ]
+        fast = greedy_decode(model, ids, mask, steps, [], 0)
+    # the fast decoder alone gets some of them wrong past the window: the case is a real one
+    assert any(not torch.equal(f[:steps], a) for f, a in zip(fast, alone, strict=True))
+    with caplog.at_level(logging.INFO, logger="ftlight"):
+        got = GreedyAnswers()(model, ids, mask, steps, [], 0)
+    for row, want in zip(got, alone, strict=True):
+        assert torch.equal(row[:steps], want)
+    assert any("sliding attention window (64 tokens)" in r.getMessage() for r in caplog.records)
+    # within the window the fast decoder runs, and agrees
+    short = GreedyAnswers()(model, ids[:, -40:], mask[:, -40:], steps, [], 0)
+    for row, p in zip(short, prompts, strict=True):
+        want = model.generate(
+            input_ids=p[-40:][None], max_new_tokens=steps, do_sample=False, eos_token_id=None
+        )[0, 40:]
+        assert torch.equal(row[:steps], want)

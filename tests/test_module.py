@@ -197,9 +197,9 @@ def _trained_weights(helpers, tmp_path, *extra: str) -> tuple[dict, list[float]]
 def test_activation_checkpointing_trains_identically(helpers, tmp_path) -> None:
     """Recomputing block activations in backward changes memory, not results."""
     # checkpointed steps run every row whole: so does the plain run compared with them
-    plain, plain_losses = _trained_weights(helpers, tmp_path / "plain", "share_prefix=false")
+    plain, plain_losses = _trained_weights(helpers, tmp_path / "plain", "speed.share_prefix=false")
     ckpt, ckpt_losses = _trained_weights(
-        helpers, tmp_path / "ckpt", "activation_checkpointing=true"
+        helpers, tmp_path / "ckpt", "speed.activation_checkpointing=true"
     )
     assert ckpt_losses == pytest.approx(plain_losses, abs=1e-6)
     assert ckpt.keys() == plain.keys() and plain
@@ -208,7 +208,7 @@ def test_activation_checkpointing_trains_identically(helpers, tmp_path) -> None:
 
 
 def test_activation_checkpointing_is_on_in_training(helpers, tmp_path) -> None:
-    cfg = helpers.compose([*STEP_RUN, "activation_checkpointing=true"], tmp_path, "causal_lm")
+    cfg = helpers.compose([*STEP_RUN, "speed.activation_checkpointing=true"], tmp_path, "causal_lm")
     run, _ = helpers.fit(cfg)
     base = run.module.model.get_base_model()
     assert base.is_activation_checkpointing
@@ -219,12 +219,14 @@ def test_recomputed_activations_train_like_kept_ones(helpers, tmp_path) -> None:
     cfg = helpers.compose(STEP_RUN, tmp_path / "on", "causal_lm")
     run, probe = helpers.fit(cfg)
     assert run.module.recomputed_mlps == 2  # the tiny Llama's two MLPs
-    kept, kept_losses = _trained_weights(helpers, tmp_path / "off", "recompute_activation=false")
+    kept, kept_losses = _trained_weights(
+        helpers, tmp_path / "off", "speed.recompute_activation=false"
+    )
     assert kept_losses == pytest.approx(probe.losses, abs=1e-6)
     for name in kept:
         torch.testing.assert_close(probe.end[name], kept[name], rtol=1e-5, atol=1e-6, msg=name)
     cfg = helpers.compose(
-        [*STEP_RUN, "activation_checkpointing=true"], tmp_path / "ck", "causal_lm"
+        [*STEP_RUN, "speed.activation_checkpointing=true"], tmp_path / "ck", "causal_lm"
     )
     run, _ = helpers.fit(cfg)
     assert run.module.recomputed_mlps == 0  # checkpointed blocks recompute everything anyway
@@ -233,7 +235,7 @@ def test_recomputed_activations_train_like_kept_ones(helpers, tmp_path) -> None:
 def test_activation_checkpointing_needs_model_support(helpers, tmp_path) -> None:
     from ftlight.module import _enable_activation_checkpointing
 
-    with pytest.raises(ConfigError, match="activation_checkpointing=false"):
+    with pytest.raises(ConfigError, match="speed.activation_checkpointing=false"):
         _enable_activation_checkpointing(nn.Linear(2, 2))
 
 
@@ -241,7 +243,9 @@ def test_activation_checkpointing_needs_model_support(helpers, tmp_path) -> None
 def test_compiled_blocks_train_like_eager_ones(helpers, tmp_path) -> None:
     """torch.compile of each block (dynamic shapes) gives the eager losses and weights."""
     eager, eager_losses = _trained_weights(helpers, tmp_path / "eager")
-    compiled, compiled_losses = _trained_weights(helpers, tmp_path / "compiled", "compile=true")
+    compiled, compiled_losses = _trained_weights(
+        helpers, tmp_path / "compiled", "speed.compile=true"
+    )
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5, msg=name)
@@ -256,7 +260,7 @@ def test_compiled_blocks_evaluate_eagerly(helpers, tmp_path) -> None:
     # would otherwise serve this fit too, and it would compile nothing
     torch._dynamo.reset()
     counters.clear()
-    cfg = helpers.compose([*STEP_RUN, "compile=true"], tmp_path, "causal_lm")
+    cfg = helpers.compose([*STEP_RUN, "speed.compile=true"], tmp_path, "causal_lm")
     run, _ = helpers.fit(cfg)
     frames = counters["frames"]["total"]
     assert frames > 0  # the fit compiled the blocks

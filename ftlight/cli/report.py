@@ -94,6 +94,16 @@ def _missing_option(missing: str, options: list[str]) -> str:
     return f"{group}={name} is not a choice{near}; use one of {known}"
 
 
+#: the top-level keys that became ``speed.<key>``
+_SPEED_KEYS = (
+    "activation_checkpointing",
+    "recompute_activation",
+    "compile",
+    "share_prefix",
+    "attention_kernel",
+)
+
+
 def _not_in_struct(err: ConfigCompositionException, cause: OmegaConfBaseException) -> str:
     key = str(getattr(cause, "key", ""))
     full = str(getattr(cause, "full_key", key))
@@ -106,6 +116,12 @@ def _not_in_struct(err: ConfigCompositionException, cause: OmegaConfBaseExceptio
     options = options_of(parent) if parent is not None and "_target_" in parent else None
     if options is not None:
         return unknown_key_message(path, key, parent, options, value.group(1) if value else "")
+    if not path and key in _SPEED_KEYS:
+        setting = f"={value.group(1)}" if value else ""
+        return (
+            f"{given}: the speed switches are in the speed group now; use speed.{key}{setting} "
+            "(speed=plain turns every speed part off)"
+        )
     keys = sorted(str(k) for k in (parent or {}) if not str(k).startswith("_"))
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     near = f" (did you mean {path + '.' if path else ''}{close[0]}?)" if close else ""

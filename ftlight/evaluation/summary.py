@@ -11,6 +11,7 @@ from ftlight.evaluation.report import format_table, plot_run, write_metrics
 from ftlight.logs import PHASES
 from ftlight.redact import redact, secrets_in
 from ftlight.resume import RunHistory
+from ftlight.speed.report import speed_parts
 from ftlight.speed.throughput import ThroughputMonitor
 
 log = logging.getLogger("ftlight")
@@ -54,6 +55,8 @@ def run_summary(
         "before": before,
         "after": after,
         "throughput": whole["throughput"],
+        # what each speed part decided for this model (``speed=plain``: every one off)
+        "speed": speed_parts(run.module),
         "train": {
             "steps": int(run.trainer.global_step),
             "final_loss": history[-1][1] if history else None,

@@ -15,7 +15,8 @@ mimalloc's default purging re-faulted the training step's buffers every step and
 than glibc's malloc (see README, performance).
 
 ``FTLIGHT_ALLOCATOR`` controls it: ``auto`` (default) uses the first library found, ``system``
-keeps the C library's malloc, and a path preloads that file.
+keeps the C library's malloc, and a path preloads that file. Without it, ``speed=plain`` or
+``speed.malloc=false`` on the command line keep the C library's malloc.
 """
 
 from __future__ import annotations
@@ -90,6 +91,19 @@ def _already_fast(env: dict[str, str]) -> bool:
     return bool(env.get(_DONE)) or _family(env.get("LD_PRELOAD", "")) is not None
 
 
+def plain_on_command_line(args: list[str]) -> bool:
+    """Whether the command line keeps the C library's malloc: ``speed=plain`` or
+    ``speed.malloc=false`` (read before Hydra composes anything; ``FTLIGHT_ALLOCATOR`` wins)."""
+    malloc = None
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "speed":
+            malloc = value.strip() != "plain"
+        elif key == "speed.malloc":
+            malloc = value.strip().lower() not in ("false", "0", "no", "off")
+    return malloc is False
+
+
 def preload_command(
     env: dict[str, str] | None = None, dirs: list[Path] | None = None, *, bundled: bool = True
 ) -> tuple[list[str], dict[str, str]] | None:
@@ -97,6 +111,8 @@ def preload_command(
     env = dict(os.environ if env is None else env)
     choice = env.get(ENV, "auto").strip()
     if not sys.platform.startswith("linux") or choice in ("system", "off", "none", "0"):
+        return None
+    if ENV not in env and plain_on_command_line(sys.argv[1:]):
         return None
     if _already_fast(env):
         return None
@@ -127,6 +143,8 @@ def describe() -> str:
             f"{k}={os.environ[k]}" for k in SETTINGS.get(_family(lib) or "", {}) if k in os.environ
         ]
         return f"host malloc: {lib}" + (f" ({', '.join(settings)})" if settings else "")
+    if ENV not in os.environ and plain_on_command_line(sys.argv[1:]):
+        return "host malloc: the C library's (speed.malloc=false)"
     if os.environ.get(ENV, "auto") in ("auto", "") and sys.platform.startswith("linux"):
         return (
             "host malloc: the C library's; install mimalloc (pip install cmeel-mimalloc, which "

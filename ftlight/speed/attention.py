@@ -46,7 +46,7 @@ def check_kernel(setting: str) -> str:
     """``setting`` if it names a kernel choice, else a ``ConfigError`` listing them."""
     if setting not in KERNELS:
         raise ConfigError(
-            f"attention_kernel={setting!r} is not a choice; use one of {', '.join(KERNELS)} "
+            f"speed.attention_kernel={setting!r} is not a choice; use one of {', '.join(KERNELS)} "
             "(auto: the faster kernel for each step on this device)"
         )
     return setting
@@ -83,15 +83,16 @@ def attention_kernel(kernel: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def grouped_kv(device_type: str) -> Iterator[None]:
+def grouped_kv(device_type: str, enabled: bool = True) -> Iterator[None]:
     """On a CPU, run the block with transformers' SDPA attention passing grouped key/value
     heads to ``scaled_dot_product_attention`` (``enable_gqa``) even under an attention mask.
 
     Elsewhere the block runs as it is: on CUDA a mask with ``enable_gqa`` falls back to the
     math kernel, which is why transformers expands the heads there. A value the user set for
-    ``TRANSFORMERS_SDPA_FORCE_GQA`` is left alone.
+    ``TRANSFORMERS_SDPA_FORCE_GQA`` is left alone; ``enabled=False`` (``speed.grouped_kv``) leaves
+    every block as it is.
     """
-    if device_type != "cpu" or GQA_SWITCH in os.environ or _OLD_TORCH:
+    if not enabled or device_type != "cpu" or GQA_SWITCH in os.environ or _OLD_TORCH:
         yield
         return
     os.environ[GQA_SWITCH] = "1"

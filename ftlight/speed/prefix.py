@@ -231,6 +231,7 @@ def forward_with_shared_prefix(
     shared: int,
     opening: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     keep_cache: bool = False,
+    one_copy: bool = True,
     **kwargs: Any,
 ) -> PrefixPass:
     """``model``'s output for positions ``shared:`` of every row, the first ``shared`` tokens
@@ -239,7 +240,9 @@ def forward_with_shared_prefix(
     ``kwargs`` go to the second call (for example ``logits_to_keep`` over positions
     ``shared:``). Rows may be right-padded; the shared part is never padding. ``opening``
     (from ``encode_opening``) saves computing it again for another group of the same rows;
-    ``keep_cache`` returns the rows' keys and values for decoding to continue from.
+    ``keep_cache`` returns the rows' keys and values for decoding to continue from;
+    ``one_copy=False`` (``speed.shared_opening``) gives every row a copy of the opening in
+    scoring passes too.
     """
     rows, length = input_ids.shape
     name = cache_argument(model) or "past_key_values"
@@ -249,7 +252,7 @@ def forward_with_shared_prefix(
     # without a gradient (scoring) the opening stays one copy (``ftlight.speed.cascade``): wide
     # evaluation batches would otherwise repeat it per row; a training step's few rows repeat
     # it, which ran faster (SDPA) than attending to one copy with the gradient recorded
-    if not torch.is_grad_enabled() and cascade.supports(model):
+    if one_copy and not torch.is_grad_enabled() and cascade.supports(model):
         if opening is None:
             opening = encode_opening(model, input_ids, shared)
         own = attention_mask[:, shared:].bool()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from ftlight.errors import ConfigError
 from ftlight.models.introspect import find_blocks
+from ftlight.speed.plan import SpeedPlan
 
 if TYPE_CHECKING:
     from ftlight.tasks.base import Task
@@ -28,6 +30,9 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
+    #: the run's speed plan (``ftlight.speed.plan``), given by the module before ``apply``: a
+    #: strategy that installs a speed part of its own reads its switch here (``lora_fused``)
+    speed: SpeedPlan = SpeedPlan()
 
     def load_kwargs(self, task: Task) -> dict[str, Any]:
         """Extra ``from_pretrained`` arguments (quantisation config, dtype) for the base model."""
@@ -77,6 +82,13 @@ class Strategy:
 
     def prepare_for_eval(self, model: nn.Module) -> None:
         """Called right after the model is put in eval mode (a hook for quantised layers)."""
+
+    @contextlib.contextmanager
+    def evaluation_view(self, model: nn.Module) -> Iterator[None]:
+        """The model as an evaluation pass runs it, for the pass's length; it must compute the
+        same function and leave every weight as it was (LoRA folds its adapters in:
+        ``speed.lora_fold``). By default the model as it is."""
+        yield
 
     def merged_model(self, model: nn.Module) -> nn.Module:
         """A plain ``transformers`` model with everything trained folded in, ready to save."""

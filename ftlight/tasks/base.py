@@ -10,6 +10,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from ftlight.models.introspect import head_module_names
+from ftlight.speed.plan import SpeedPlan
 
 
 @dataclass
@@ -63,6 +64,9 @@ class Task:
     #: where ``update_metrics`` adds each scored row's prompt, answer and scores
     #: (``ftlight.evaluation.predictions``), while an evaluation keeps them (set per pass)
     predictions: Any = None
+    #: the run's speed plan (``ftlight.speed.plan``), given by the module when it is built: the
+    #: task's own parts (sliced and head losses, the shared opening, the greedy decoder)
+    speed: SpeedPlan = SpeedPlan()
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer and learn what the evaluation references look like."""

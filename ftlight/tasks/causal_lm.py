@@ -196,7 +196,9 @@ class CausalLMTask(Task):
         positions x vocabulary tensors autograd would keep; a model that changes its head's
         output (scaling, capping) is run again the plain way, on that step and later ones.
         """
-        head = plain_head(model) if self.head_in_loss is not False else None
+        head = (
+            plain_head(model) if self.head_in_loss is not False and self.speed.head_loss else None
+        )
         if head is not None and torch.is_grad_enabled():
             with head_as_identity(head) as given:  # the loss projects (``speed.head_loss``)
                 sliced = self._labelled_pass(model, inputs)
@@ -232,6 +234,7 @@ class CausalLMTask(Task):
         if (
             labels is None
             or self.sliced_loss is False
+            or not self.speed.sliced_loss
             or not takes_argument(model, "logits_to_keep")
         ):
             return None
@@ -247,6 +250,7 @@ class CausalLMTask(Task):
                 shared,
                 opening=opening,
                 keep_cache=keep_cache,
+                one_copy=self.speed.shared_opening,
                 logits_to_keep=keep[:, shared:],
             )
         else:
@@ -283,7 +287,7 @@ class CausalLMTask(Task):
         of encoding the prompts again.
         """
         labels = inputs.get("labels")
-        if labels is None or self.sliced_loss is False:
+        if labels is None or self.sliced_loss is False or not self.speed.sliced_loss:
             return model(**inputs, use_cache=False)
         vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
@@ -294,12 +298,18 @@ class CausalLMTask(Task):
         if shared >= int(lengths.min()):
             shared = 0
         opening = None
-        if shared and cascade.supports(model) and not torch.is_grad_enabled():
+        if (
+            shared
+            and self.speed.shared_opening
+            and cascade.supports(model)
+            and not torch.is_grad_enabled()
+        ):
             opening = encode_opening(model, ids, shared)  # once for every group
         keep_cache = (
             self.generation_follows
             and self.generate
             and set(inputs) <= PLAIN_INPUTS | {"labels"}
+            and self.speed.decode
             and can_decode(model)
         )
         order = torch.argsort(lengths, stable=True)
@@ -458,7 +468,15 @@ class CausalLMTask(Task):
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos or [0])[0]
         start = time.perf_counter()
         new = self.answers(
-            model, input_ids, attention_mask, self.max_new_tokens, eos, pad_id, prompted, tok
+            model,
+            input_ids,
+            attention_mask,
+            self.max_new_tokens,
+            eos,
+            pad_id,
+            prompted,
+            tok,
+            fast=self.speed.decode,
         )
         # every token up to and including each row's end (a pad id equal to the end id
         # would otherwise hide the end tokens)

@@ -37,7 +37,7 @@ from transformers.generation import (
 )
 
 from ftlight.errors import ConfigError
-from ftlight.speed.decode import Prompted, can_decode, greedy_decode
+from ftlight.speed.decode import Prompted, attention_window, can_decode, greedy_decode
 
 log = logging.getLogger("ftlight")
 
@@ -188,15 +188,24 @@ class GreedyAnswers:
         pad_id: int,
         prompted: Prompted | None = None,
         tokenizer: Any = None,
+        fast: bool = True,
     ) -> torch.Tensor:
         """The ``(rows, steps)`` new tokens for left-padded prompts, as greedy ``generate``
-        would give each prompt alone; ``prompted``: the prompts already encoded."""
+        would give each prompt alone; ``prompted``: the prompts already encoded; ``fast``:
+        ftlight's decoder where it applies (``speed.decode``), else ``model.generate``."""
         config = decoding_config(model, self.overrides)
         slow = generate_only(config)
         if not can_decode(model):
             slow = slow or ["a model without a key/value cache interface"]
-        if slow:
-            self._note(slow)
+        window = attention_window(model)
+        if window is not None and input_ids.shape[1] + max_new_tokens > window:
+            slow = slow or [
+                f"prompts and answers longer than the model's sliding attention window ({window} "
+                "tokens)"
+            ]
+        if slow or not fast:
+            if slow:
+                self._note(slow)
             config.do_sample, config.num_return_sequences = False, 1
             out = model.generate(
                 input_ids=input_ids,

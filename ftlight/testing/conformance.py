@@ -28,12 +28,15 @@ from ftlight.strategies.base import Strategy
 from ftlight.testing.helpers import (
     BASE,
     SETUPS,
+    NoDropout,
+    Probe,
     TrainedRun,
     compose_config,
     isolated_cache,
     setup_overrides,
     train_with_probe,
 )
+from ftlight.train import train
 
 # Four optimizer steps at a constant, high rate: every trainable tensor certainly moves.
 _STEPS = [
@@ -44,6 +47,14 @@ _STEPS = [
     "scheduler.warmup_ratio=0",
 ]
 _NO_EVAL = ["eval.before=false", "eval.after=false", "eval.export=false"]
+#: fp32, and an AdamW eps at which a near-zero gradient's rounding does not become an lr-sized
+#: step: two ways of computing a step compare within float summation order
+_SAME = [
+    "trainer.precision=32-true",
+    "optimizer.eps=1e-5",
+    "eval.before=false",
+    "eval.export=false",
+]
 
 
 def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -180,6 +191,25 @@ class StrategyConformance:
         assert probe.trainable == whole.trainable
         for name in whole.trainable:
             torch.testing.assert_close(probe.end[name], whole.end[name], atol=1e-6, rtol=0)
+
+    def test_speed_plain_trains_the_same(self, setup_name: str, tmp_path: Path) -> None:
+        """``speed=plain`` (every speed part off, the strategy's own too): the same losses, the
+        same trained weights and the same scores after training as ``speed=auto``."""
+        runs = {}
+        for speed in ("auto", "plain"):
+            cfg = self._cfg(tmp_path / speed, setup_name, *_STEPS, *_SAME, f"speed={speed}")
+            probe = Probe()
+            train(cfg, callbacks=[NoDropout(), probe])
+            runs[speed] = probe, json.loads((tmp_path / speed / "metrics.json").read_text())
+        (auto, auto_scores), (plain, plain_scores) = runs["auto"], runs["plain"]
+        torch.testing.assert_close(
+            torch.tensor(auto.losses), torch.tensor(plain.losses), rtol=1e-4, atol=1e-6
+        )
+        assert auto.trainable == plain.trainable
+        for name in auto.trainable:
+            torch.testing.assert_close(auto.end[name], plain.end[name], atol=1e-4, rtol=1e-3)
+        for key, value in auto_scores["after"].items():
+            assert value == pytest.approx(plain_scores["after"][key], rel=1e-4, abs=1e-6), key
 
     def test_export_loads_and_matches_the_trained_model(self, trained: TrainedRun) -> None:
         assert_export_matches(trained, self.atol)

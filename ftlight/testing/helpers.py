@@ -190,6 +190,26 @@ def fit(
     return run, probe
 
 
+class NoDropout(L.Callback):
+    """Every dropout of the model (the strategy's adapters' too) at zero: two ways of computing
+    a step can then be compared bit for bit (a dropout mask depends on the shapes drawn)."""
+
+    @staticmethod
+    def _zero(module: L.LightningModule) -> None:
+        for layer in module.model.modules():
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = 0.0
+            for name in ("attention_dropout", "dropout", "attn_dropout"):
+                if isinstance(getattr(layer, name, None), float):
+                    setattr(layer, name, 0.0)
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._zero(module)
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._zero(module)
+
+
 def train_with_probe(cfg: DictConfig) -> tuple[Any, Probe]:
     """``ftlight.train.train(cfg)`` with a ``Probe`` attached to its trainer."""
     probe = Probe()

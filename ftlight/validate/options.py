@@ -16,6 +16,7 @@ from ftlight.errors import ConfigError, ModelError
 from ftlight.optim import KINDS
 from ftlight.paths import cache_root
 from ftlight.speed.attention import KERNELS
+from ftlight.speed.plan import PARTS
 from ftlight.validate.common import ABSENT, select, show, target_class
 from ftlight.validate.model_folder import check_model_folder, resolve_folder
 from ftlight.validate.run import CKPT_CHECKS
@@ -108,10 +109,9 @@ PRECISIONS = (
 """Lightning's ``trainer.precision`` values (16, 32 and 64 may be given as numbers)."""
 
 BOOLEANS = (
-    "compile",
-    "activation_checkpointing",
-    "recompute_activation",
-    "share_prefix",
+    *(f"speed.{part}" for part in PARTS),
+    "speed.activation_checkpointing",
+    "speed.compile",
     "eval.before",
     "eval.after",
     "eval.generate_during_fit",
@@ -131,7 +131,7 @@ def _choices() -> dict[str, tuple[Any, ...]]:
     return {
         "eval.split": ("validation", "test"),
         "ckpt_check": CKPT_CHECKS,
-        "attention_kernel": KERNELS,
+        "speed.attention_kernel": KERNELS,
         "trainer.precision": PRECISIONS,
         "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "tpu", "auto"),
         "task.output_format": ("auto", "text", "json"),

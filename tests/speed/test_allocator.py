@@ -63,6 +63,30 @@ def test_left_alone_when_asked_or_already_fast(tmp_path: Path, env: dict[str, st
     assert allocator.preload_command(env, [tmp_path]) is None
 
 
+@pytest.mark.parametrize(
+    ("args", "plain"),
+    [
+        (["model=tiny-llama", "speed=plain"], True),
+        (["speed.malloc=false"], True),
+        (["speed=plain", "speed.malloc=true"], False),  # the later one wins, as in Hydra
+        (["speed=auto"], False),
+        (["strategy=lora", "speed.decode=false"], False),
+        ([], False),
+    ],
+)
+def test_the_command_line_can_keep_the_c_librarys_malloc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], plain: bool
+) -> None:
+    """``speed=plain`` / ``speed.malloc=false`` on the command line: no restart; an explicit
+    ``FTLIGHT_ALLOCATOR`` still wins."""
+    _lib(tmp_path, "libjemalloc.so.2")
+    monkeypatch.setattr(sys, "argv", ["ftlight-train", *args])
+    assert allocator.plain_on_command_line(args) is plain
+    assert (allocator.preload_command({}, [tmp_path]) is None) is plain
+    lib = str(tmp_path / "libjemalloc.so.2")
+    assert allocator.preload_command({"FTLIGHT_ALLOCATOR": lib}, [tmp_path]) is not None
+
+
 def test_nothing_installed_means_no_reexec(tmp_path: Path) -> None:
     assert allocator.preload_command({}, [tmp_path], bundled=False) is None
 

@@ -42,7 +42,9 @@ def test_choose_kernel(setting, device, dtype, batch, length, heads, expected) -
 
 
 def test_unknown_kernel_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="attention_kernel='fast' is not a choice; use one of"):
+    with pytest.raises(
+        ConfigError, match="speed.attention_kernel='fast' is not a choice; use one of"
+    ):
         choose_kernel("fast", "cpu", BF16, 1, 8, 1)
 
 
@@ -99,7 +101,7 @@ RUN = [
     "scheduler.warmup_ratio=0",
     "callbacks.checkpoint=null",
     "trainer.enable_checkpointing=false",
-    "share_prefix=false",  # every row whole: the kernel is chosen by the rows' length
+    "speed.share_prefix=false",  # every row whole: the kernel is chosen by the rows' length
 ]
 
 
@@ -116,12 +118,12 @@ def test_auto_takes_math_for_short_bf16_rows_and_trains_like_torch(
     # the fixture's batches are 75-80 tokens long: a limit between them gives both kinds
     limit = 78
     monkeypatch.setattr(ftlight.speed.attention, "MATH_MAX_LENGTH", limit)
-    auto, auto_run = _fit(helpers, tmp_path / "auto", "attention_kernel=auto")
+    auto, auto_run = _fit(helpers, tmp_path / "auto", "speed.attention_kernel=auto")
     lengths = {length for length, _ in auto.calls}
     assert min(lengths) <= limit < max(lengths), lengths
     for length, math_only in auto.calls:
         assert math_only == (length <= limit), length
-    torch_, torch_run = _fit(helpers, tmp_path / "torch", "attention_kernel=torch")
+    torch_, torch_run = _fit(helpers, tmp_path / "torch", "speed.attention_kernel=torch")
     assert not any(math_only for _, math_only in torch_.calls)
     assert [length for length, _ in torch_.calls] == [length for length, _ in auto.calls]
     assert auto_run.losses == pytest.approx(torch_run.losses, rel=2e-2)
@@ -131,9 +133,12 @@ def test_auto_takes_math_for_short_bf16_rows_and_trains_like_torch(
 def test_recomputation_takes_the_steps_kernel(helpers, tmp_path) -> None:
     """Activation checkpointing recomputes the forward in backward: under the same kernel,
     or the recomputed tensors would not match the saved ones."""
-    plain, plain_run = _fit(helpers, tmp_path / "plain", "attention_kernel=math")
+    plain, plain_run = _fit(helpers, tmp_path / "plain", "speed.attention_kernel=math")
     ckpt, ckpt_run = _fit(
-        helpers, tmp_path / "ckpt", "attention_kernel=math", "activation_checkpointing=true"
+        helpers,
+        tmp_path / "ckpt",
+        "speed.attention_kernel=math",
+        "speed.activation_checkpointing=true",
     )
     assert all(math_only for _, math_only in ckpt.calls)
     assert len(ckpt.calls) == 2 * len(plain.calls)  # every forward ran again in backward

@@ -9,8 +9,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftlight.speed.decode import _shared_prefix, can_decode, greedy_decode
-from ftlight.speed.merge import merged_lora
 from ftlight.tasks.causal_lm import _answer_tokens
+from ftlight_lora.merge import merged_lora
 
 PREFIX = "System: answer briefly and in JSON.\nUser: "
 QUESTIONS = ["hi", "where is my order 1234?", "refund please", "a much longer question here"]

@@ -31,10 +31,38 @@ def test_the_line_names_the_model_and_each_part(setup, model, decode, tmp_path, 
         "head_loss",
         "recompute_activation",
         "frozen_bf16",
+        "grouped_kv",
         "attention_kernel",
         "share_prefix",
         "shared_opening_in_eval",
         "decode",
+        "lora_fold",
+        "lora_fused",
     }
+    assert parts["lora_fold"] == parts["lora_fused"] == "on"
     if setup == "tiny-bert":  # causal-LM parts do not apply to a classifier
         assert parts["share_prefix"] == parts["shared_opening_in_eval"] == "n/a"
+
+
+def test_plain_says_every_part_is_off(tmp_path, caplog) -> None:
+    """``speed=plain``: the line shows each part off, whatever the model could take."""
+    cfg = testing.compose_config(
+        ["strategy=lora", "speed=plain", *testing.QUICK_FIT, "trainer.max_steps=2"],
+        tmp_path,
+        "tiny-llama",
+    )
+    run, _ = testing.fit(cfg)
+    parts = speed_parts(run.module)
+    assert parts == {
+        "sliced_loss": "off",
+        "head_loss": "off",
+        "recompute_activation": "0 gated MLPs",
+        "frozen_bf16": "0 linears",
+        "grouped_kv": "off",
+        "attention_kernel": "torch's choice",
+        "share_prefix": "off",
+        "shared_opening_in_eval": "off",
+        "decode": "model.generate",
+        "lora_fold": "off",
+        "lora_fused": "off",
+    }

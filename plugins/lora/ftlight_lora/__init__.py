@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from ftlight.errors import ConfigError
 from ftlight.strategies import Strategy
 from ftlight.tasks import Task
 from ftlight_lora.fused import fuse
+from ftlight_lora.merge import merged_lora
 
 log = logging.getLogger("ftlight.strategies.lora")
 
@@ -118,8 +120,20 @@ class LoRAStrategy(Strategy):
                 f"strategy.target_modules={self.target_modules!r} does not fit "
                 f"{type(model).__name__}: {err}. Use 'all-linear' or names of its linear layers."
             ) from err
-        fuse(adapted)  # the adapter's product added inside the matrix product (``fused``)
+        if self.speed.lora_fused:  # the adapter's product inside the matrix product (``fused``)
+            fuse(adapted)
         return adapted
+
+    @contextlib.contextmanager
+    def evaluation_view(self, model: nn.Module) -> Iterator[None]:
+        """The adapters folded into their weights for the pass (``speed.lora_fold``; in place,
+        put back bit for bit: ``ftlight_lora.merge``); zero adapters are skipped."""
+        if not self.speed.lora_fold:
+            yield
+            return
+        with merged_lora(model) as merged:
+            log.debug("evaluating with %d LoRA layers merged", merged)
+            yield
 
     def merged_model(self, model: nn.Module) -> nn.Module:
         """Fold the adapters into the base weights (in place) and return the plain model."""

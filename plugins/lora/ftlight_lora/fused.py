@@ -11,7 +11,7 @@ output of the layer's size); the scaling then only touches the ``r``-wide gradie
 ``fuse`` installs that forward on every plain LoRA linear layer of a model. Each call still
 checks that it applies (one active vanilla adapter, no dropout, not merged, no extra
 arguments) and hands anything else to peft's own forward. Evaluation folds trained adapters
-into the weights instead (``ftlight.speed.merge``): on a decoding step even the fused adapter's
+into the weights instead (``ftlight_lora.merge``): on a decoding step even the fused adapter's
 two small products cost a quarter of the step.
 """
 

@@ -198,7 +198,7 @@ def test_evaluation_folds_fused_trained_adapters_in_place_and_restores_them() ->
     gives every weight back bit for bit; an adapter that is still zero is skipped."""
     import torch
 
-    from ftlight.speed.merge import merged_lora
+    from ftlight_lora.merge import merged_lora
 
     plain, fused = _lora_pair()  # init_lora_weights=False: B is not zero
     layers = [fused.base_model.model[0], fused.base_model.model[2]]
@@ -228,7 +228,7 @@ def test_evaluation_merges_fused_layers_their_forward_hands_to_peft() -> None:
     the weight comes back as it was."""
     import torch
 
-    from ftlight.speed.merge import merged_lora
+    from ftlight_lora.merge import merged_lora
 
     _, with_dropout = _lora_pair(dropout=0.5)
     layer = with_dropout.base_model.model[0]
