@@ -353,9 +353,10 @@ def test_the_export_decodes_as_the_run_evaluated(tmp_path, strategy: str) -> Non
 
 def test_past_a_sliding_window_evaluation_decodes_with_generate(caplog) -> None:
     """A model with a sliding attention window (Gemma 3's zoo model: 64 tokens), prompts of 60
-    to 70 tokens with a shared opening, left-padded in one batch: the answers are those of ``generate`` on each prompt
-    alone. The fast decoder's cache holds padding between a prompt and its answer, which a
-    window would count, so past the window the pass goes to ``model.generate``."""
+    to 70 tokens with a shared opening, left-padded in one batch: the answers are those of
+    ``generate`` on each prompt alone. The fast decoder's cache holds padding between a prompt
+    and its answer, which a window would count, so past the window the pass goes to
+    ``model.generate``."""
     from ftlight.speed.decode import attention_window
     from ftlight.testing.zoo import zoo_model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -61,3 +62,20 @@ def test_the_real_reference_names_the_main_options() -> None:
     page = gen.render(gen.config_files())
     for needle in ("`optimizer=adamw`", "`lr`", "`strategy=lora`", "`r`", "`data=local`"):
         assert needle in page
+
+
+#: a measured figure: a number with a unit of time or speed ("264-296 ms", "245 tokens/s")
+MEASURED = re.compile(r"\b\d+(\.\d+)?(-\d+(\.\d+)?)? ?(ms|tokens/s|GFLOP/s|it/s)\b")
+
+
+def test_no_measured_figure_in_product_code() -> None:
+    """Measurements go stale in code: they live in benchmarks/README.md with their command."""
+    files = [*ROOT.glob("ftlight/**/*.py"), *ROOT.glob("plugins/*/ftlight_*/**/*.py")]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in files
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if MEASURED.search(line)
+    ]
+    assert len(files) > 50
+    assert not found, "\n".join(found)

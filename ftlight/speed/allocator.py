@@ -1,10 +1,9 @@
 """Run ftlight's commands on a faster malloc than the C library's.
 
 Training with variable batch shapes (length-grouped, dynamically padded rows) fragments
-glibc's heap. On a 2-core CPU, SmolLM2-135M + LoRA with glibc's malloc slowed from about 290
-to 245 real tokens/s over 150 steps while resident memory grew from 3.0 to 4.0 GB. The same
-steps averaged about 285 tokens/s under jemalloc and about 350 under tcmalloc, at a flat
-2.8-3.0 GB, and base-model generation took 39 s under tcmalloc against 47 s. An allocator
+glibc's heap: with glibc's malloc a run's steps slow down and its resident memory grows over
+the run, where tcmalloc, jemalloc and mimalloc stay flat and faster (benchmarks/README.md has
+the measurements). An allocator
 can only be chosen before the process starts, so the console entry points re-execute
 themselves once with the library in ``LD_PRELOAD``, as PyTorch's own CPU launcher does.
 
@@ -12,7 +11,7 @@ tcmalloc and jemalloc are system packages. Where neither is installed, ftlight u
 from its ``cmeel-mimalloc`` dependency (a wheel on Linux x86-64 and aarch64), with freed
 memory kept for reuse rather than handed back to the kernel (``MIMALLOC_PURGE_DELAY=-1``):
 mimalloc's default purging re-faulted the training step's buffers every step and was slower
-than glibc's malloc (see README, performance).
+than glibc's malloc (benchmarks/README.md).
 
 ``FTLIGHT_ALLOCATOR`` controls it: ``auto`` (default) uses the first library found, ``system``
 keeps the C library's malloc, and a path preloads that file. Without it, ``speed=plain`` or

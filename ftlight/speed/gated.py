@@ -5,8 +5,8 @@ The MLP of Llama-style models computes ``down(act(gate(x)) * up(x))``. Autograd 
 gradients): three tensors of the MLP's width per token and layer, the width being 2.7x the
 model's for SmolLM2. Only the first two are needed: the activation is recomputed from
 ``gate(x)`` in backward, one elementwise pass, and the numbers are the same as autograd's
-(the same operations on the same values). On SmolLM2-135M that is about 15% of what a
-training step saves for backward.
+(the same operations on the same values). The memory it saves at the training step's peak is
+measured in benchmarks/README.md.
 
 ``recompute_gated_activations`` installs this on every MLP whose forward is exactly that
 expression (Llama, Mistral, Qwen2/3, Gemma, OLMo, Granite, SmolLM3 and others in transformers);

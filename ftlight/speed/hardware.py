@@ -35,9 +35,8 @@ def cpu_bf16_pays() -> bool:
     """Whether bf16 autocast is the faster precision on this CPU: it has native bf16
     instructions and its measured bf16 matmul peak is at least ``BF16_MIN_SPEEDUP`` times its
     fp32 peak. A CPU can have the instructions and still multiply bf16 slower than fp32 (a
-    2-core Xeon with avx512_bf16 and no AMX measured 160 against 300 GFLOP/s), and training
-    in bf16 there was slower too (251 against 300 tokens/s). Measured once per process (about
-    a second) and logged."""
+    Xeon with avx512_bf16 and no AMX did, and trained slower in bf16 too: benchmarks/README.md).
+    Measured once per process (about a second) and logged."""
     if not cpu_has_fast_bf16():
         return False
     import torch

@@ -46,6 +46,11 @@ def _run(setup: str, speed: list[str], tmp_path: Path, extra: list[str]) -> dict
     cfg = compose_config([*STEPS, *extra, *speed], tmp_path, setup)
     probe = Probe()
     train(cfg, callbacks=[NoDropout(), probe])
+    return _collect(tmp_path, probe)
+
+
+def _collect(tmp_path: Path, probe: Probe) -> dict[str, Any]:
+    """What a finished run in ``tmp_path`` computed: losses, scores, answers, exported weights."""
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     answers = {}
     for phase in ("before", "after"):
@@ -135,3 +140,52 @@ MATRIX = [(n, "lora") for n in CAUSAL + CLASSIFIERS] + [(n, "full") for n in CAU
 @pytest.mark.parametrize(("name", "strategy"), MATRIX, ids=[f"{n}-{s}" for n, s in MATRIX])
 def test_zoo_auto_and_plain_agree(name: str, strategy: str, tmp_path: Path) -> None:
     _compare(name, strategy, tmp_path)
+
+
+REAL = {
+    "smollm2-lora": [
+        "strategy=lora",
+        "data.train_size=32",
+        "data.val_size=8",
+        "trainer.max_steps=6",
+        "eval.few_shot=0",
+    ],
+    "minilm-full": [
+        "experiment=demo-classify",
+        "strategy=full",
+        "data.train_size=64",
+        "data.val_size=32",
+        "trainer.max_steps=6",
+        "optimizer.lr=1e-4",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_models_auto_and_plain_agree(name: str, tmp_path: Path) -> None:
+    """The same comparison on SmolLM2-135M (LoRA, greedy answers scored) and MiniLM-L6 (full
+    fine-tuning as a classifier), fp32."""
+    from hydra import compose, initialize_config_dir
+
+    from ftlight.config import CONF_DIR
+
+    runs = {}
+    for speed in ("auto", "plain"):
+        folder = tmp_path / speed
+        overrides = [
+            *REAL[name],
+            "trainer.precision=32-true",
+            "optimizer.eps=1e-5",
+            "logger=none",
+            "callbacks.progress=null",
+            "eval.plots=false",
+            f"speed={speed}",
+            f"run_dir={folder}",
+        ]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        probe = Probe()
+        train(cfg, callbacks=[NoDropout(), probe])
+        runs[speed] = _collect(folder, probe)
+    _same(runs["auto"], runs["plain"])

@@ -1,25 +1,23 @@
 """LoRA adapters folded into their layers' weights while evaluating, then put back exactly.
 
 An unmerged LoRA layer runs two extra small matrix products beside every adapted linear
-layer. On a CPU decoding step they are not cheap: with the demo's trained adapter (SmolLM2-135M,
-r=8 on every linear layer, 50 rows, fp32 on AVX2) a step took 264-296 ms against 213-238 ms
-with the adapters folded into the weights, and the base model's own steps 198-219 ms.
-Evaluating with ``W + scale * B @ A`` gives the same function (it is what the merged export
-holds).
+layer. On a CPU decoding step they are not cheap: with the demo's trained adapter a step costs
+about a quarter more than with the adapters folded into the weights (benchmarks/README.md,
+*Evaluation*). Evaluating with ``W + scale * B @ A`` gives the same function (it is what the
+merged export holds).
 
 The fold is made in place, so it costs no copy of the weights (about 430 MB for SmolLM2-135M
 in fp32). PEFT's own ``merge_adapter``/``unmerge_adapter`` restores ``W`` by subtraction,
 which rounds: after many evaluations the frozen weights would drift. Here the subtraction is
-tried when folding: the elements it would not give back bit for bit (about 1% in fp32) are
+tried when folding: the elements it would not give back bit for bit (a few in fp32) are
 kept aside with their original values, and put back after it on leaving. A weight shared with
 another parameter (a head tied to the embedding) is folded into a copy instead, so the other
 user keeps the original. An adapter that is still zero (before training) is skipped, with no
 fold at all. Only float32 weights are folded: into bf16 weights the sum would round much of
 the update away.
 
-Costs, for SmolLM2-135M's 210 adapted layers (425 MB) on a 2-core VM: folding 0.5 s and putting
-back 0.2 s; the first fold of a run 2.7-3.4 s, as weights loaded from a safetensors file are a
-private mapping of it and writing them copies each 4 KB page once (memory stays the same: the
+The first fold of a run costs more than the later ones: weights loaded from a safetensors file
+are a private mapping of it, and writing them copies each page once (memory stays the same: the
 copies replace the file's pages).
 """
 
