@@ -72,7 +72,7 @@ def _collect(tmp_path: Path, probe: Probe) -> dict[str, Any]:
     }
 
 
-def _same(auto: dict[str, Any], plain: dict[str, Any]) -> None:
+def _same(auto: dict[str, Any], plain: dict[str, Any], weight_atol: float = WEIGHT_ATOL) -> None:
     assert len(auto["losses"]) == len(plain["losses"]) > 0
     torch.testing.assert_close(
         torch.tensor(auto["losses"]), torch.tensor(plain["losses"]), rtol=LOSS_RTOL, atol=1e-6
@@ -89,7 +89,11 @@ def _same(auto: dict[str, Any], plain: dict[str, Any]) -> None:
     assert set(auto["weights"]) == set(plain["weights"]) != set()
     for key, value in auto["weights"].items():
         torch.testing.assert_close(
-            value.float(), plain["weights"][key].float(), atol=WEIGHT_ATOL, rtol=1e-3, msg=key
+            value.float(),
+            plain["weights"][key].float(),
+            atol=weight_atol,
+            rtol=1e-3,
+            msg=lambda m, k=key: f"{k}: {m}",
         )
 
 
@@ -188,4 +192,6 @@ def test_real_models_auto_and_plain_agree(name: str, tmp_path: Path) -> None:
         probe = Probe()
         train(cfg, callbacks=[NoDropout(), probe])
         runs[speed] = _collect(folder, probe)
-    _same(runs["auto"], runs["plain"])
+    # a real model's gradients are summed over more terms: a weight's six AdamW steps (of 2e-3
+    # for LoRA) may round apart by a few percent of one step
+    _same(runs["auto"], runs["plain"], weight_atol=5e-4)
