@@ -69,11 +69,7 @@ class FineTuneModule(L.LightningModule):
         #: dtype to keep frozen linear weights in (the autocast dtype), or None
         self.frozen_dtype = frozen_dtype if speed.frozen_bf16 else None
         self.frozen_cast = 0
-        self.activation_checkpointing = speed.activation_checkpointing
-        self.recompute_activation = speed.recompute_activation
         self.recomputed_mlps = 0
-        self.compile_blocks = speed.compile
-        self.share_prefix = speed.share_prefix
         self.model = model
         self.strategy = strategy
         self.task = task
@@ -102,12 +98,12 @@ class FineTuneModule(L.LightningModule):
             mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
             if self.frozen_dtype is not None and mesh is None:
                 self.frozen_cast = cast_frozen_linears(self.model, self.frozen_dtype)
-            if self.activation_checkpointing:
+            if self.speed.activation_checkpointing:
                 _enable_activation_checkpointing(self.model)
-            elif self.recompute_activation:  # checkpointed blocks keep nothing of the MLP
+            elif self.speed.recompute_activation:  # checkpointed blocks keep nothing of the MLP
                 self.recomputed_mlps = recompute_gated_activations(self.model)
                 log.debug("recompute_activation: %d gated MLPs", self.recomputed_mlps)
-            if self.compile_blocks:
+            if self.speed.compile:
                 for block in self.strategy.shard_units(self.model):
                     block.compile(dynamic=True)
             info = self.strategy.describe(self.model)
@@ -162,8 +158,8 @@ class FineTuneModule(L.LightningModule):
         loss stops the run."""
         self._step_kernel = self._choose_kernel(batch)
         # a checkpointed block recomputes without the cache; a compiled one would retrace
-        self.task.prefix_sharing = self.share_prefix and not (
-            self.activation_checkpointing or self.compile_blocks or self.sharded
+        self.task.prefix_sharing = self.speed.share_prefix and not (
+            self.speed.activation_checkpointing or self.speed.compile or self.sharded
         )
         with (
             attention_kernel(self._step_kernel),
@@ -266,10 +262,10 @@ class FineTuneModule(L.LightningModule):
         """Loss and task metrics; generation-based scores during before/after evaluation."""
         # compiled blocks are for training: evaluation shapes (generation's one-token steps
         # with a cache) would only pay for more compilation
-        eager = torch.compiler.set_stance("force_eager") if self.compile_blocks else nullcontext()
+        eager = torch.compiler.set_stance("force_eager") if self.speed.compile else nullcontext()
         with eager, grouped_kv(self.device.type, self.speed.grouped_kv):
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-            self.task.prefix_sharing = self.share_prefix and not self.sharded
+            self.task.prefix_sharing = self.speed.share_prefix and not self.sharded
             gen_model = self.model if self.generate_in_eval else None
             self.task.generation_follows = gen_model is not None
             out = self.task.evaluation_outputs(self.model, inputs)

@@ -357,7 +357,7 @@ def test_past_a_sliding_window_evaluation_decodes_with_generate(caplog) -> None:
     ``generate`` on each prompt alone. The fast decoder's cache holds padding between a prompt
     and its answer, which a window would count, so past the window the pass goes to
     ``model.generate``."""
-    from ftlight.speed.decode import attention_window
+    from ftlight.speed.cascade import attention_window
     from ftlight.testing.zoo import zoo_model
 
     folder = zoo_model("gemma3").build()

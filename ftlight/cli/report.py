@@ -20,6 +20,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import OmegaConfBaseException
 
 from ftlight.errors import FtlightError
+from ftlight.speed.plan import SWITCHES
 
 _STORAGE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 _STORAGE |= {errno.EEXIST, errno.ELOOP}
@@ -94,16 +95,6 @@ def _missing_option(missing: str, options: list[str]) -> str:
     return f"{group}={name} is not a choice{near}; use one of {known}"
 
 
-#: the top-level keys that became ``speed.<key>``
-_SPEED_KEYS = (
-    "activation_checkpointing",
-    "recompute_activation",
-    "compile",
-    "share_prefix",
-    "attention_kernel",
-)
-
-
 def _not_in_struct(err: ConfigCompositionException, cause: OmegaConfBaseException) -> str:
     key = str(getattr(cause, "key", ""))
     full = str(getattr(cause, "full_key", key))
@@ -116,7 +107,7 @@ def _not_in_struct(err: ConfigCompositionException, cause: OmegaConfBaseExceptio
     options = options_of(parent) if parent is not None and "_target_" in parent else None
     if options is not None:
         return unknown_key_message(path, key, parent, options, value.group(1) if value else "")
-    if not path and key in _SPEED_KEYS:
+    if not path and key in SWITCHES:  # top-level keys before the speed group
         setting = f"={value.group(1)}" if value else ""
         return (
             f"{given}: the speed switches are in the speed group now; use speed.{key}{setting} "

@@ -42,10 +42,25 @@ def supports(model: nn.Module) -> bool:
         return False
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return False
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+    if attention_window(model) is not None:
         return False
     layer_types = getattr(config, "layer_types", None) or []
     return all(kind == "full_attention" for kind in layer_types)
+
+
+def attention_window(model: nn.Module) -> int | None:
+    """The sliding attention window of ``model``'s layers, in tokens (None: every layer
+    attends to the whole sequence). The shared opening is kept once only without one;
+    ``greedy_decode`` keeps padding between a row's prompt and its answer in the cache, where a
+    window would count it, so past the window answers come from ``model.generate``."""
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    if not window or not getattr(config, "use_sliding_window", True):
+        return None
+    layer_types = getattr(config, "layer_types", None) or []
+    if layer_types and all(kind == "full_attention" for kind in layer_types):
+        return None
+    return int(window)
 
 
 def shared_attention(

@@ -233,21 +233,6 @@ def can_decode(model: nn.Module) -> bool:
     return cache_argument(model) is not None and takes_argument(model, "position_ids")
 
 
-def attention_window(model: nn.Module) -> int | None:
-    """The sliding attention window of ``model``'s layers, in tokens (None: every layer
-    attends to the whole sequence). ``greedy_decode`` keeps padding between a row's prompt and
-    its answer in the cache, where a window would count it: past the window, decode with
-    ``model.generate``."""
-    config = getattr(model, "config", None)
-    window = getattr(config, "sliding_window", None)
-    if not window or not getattr(config, "use_sliding_window", True):
-        return None
-    layer_types = getattr(config, "layer_types", None) or []
-    if layer_types and all(kind == "full_attention" for kind in layer_types):
-        return None
-    return int(window)
-
-
 def _shared_prefix(prompts: list[torch.Tensor]) -> int:
     """Tokens every prompt starts with, leaving each at least one token of its own (the
     last prompt token's logits give the first answer token)."""

@@ -114,10 +114,9 @@ class SpeedPlan:
         """The switches that are on, in ``PARTS`` order."""
         return [part for part in PARTS if getattr(self, part)]
 
-    @property
-    def plain(self) -> bool:
-        """Every part off and PyTorch's attention kernel: the reference path."""
-        return not self.parts_on() and self.attention_kernel == "torch"
+
+#: every switch of the plan, ``speed.<name>`` in the config
+SWITCHES = tuple(field.name for field in dataclasses.fields(SpeedPlan))
 
 
 #: every part off: the reference path (``speed=plain``)

@@ -37,7 +37,8 @@ from transformers.generation import (
 )
 
 from ftlight.errors import ConfigError
-from ftlight.speed.decode import Prompted, attention_window, can_decode, greedy_decode
+from ftlight.speed.cascade import attention_window
+from ftlight.speed.decode import Prompted, can_decode, greedy_decode
 
 log = logging.getLogger("ftlight")
 

@@ -16,7 +16,7 @@ from ftlight.errors import ConfigError, ModelError
 from ftlight.optim import KINDS
 from ftlight.paths import cache_root
 from ftlight.speed.attention import KERNELS
-from ftlight.speed.plan import PARTS
+from ftlight.speed.plan import SWITCHES
 from ftlight.validate.common import ABSENT, select, show, target_class
 from ftlight.validate.model_folder import check_model_folder, resolve_folder
 from ftlight.validate.run import CKPT_CHECKS
@@ -109,9 +109,7 @@ PRECISIONS = (
 """Lightning's ``trainer.precision`` values (16, 32 and 64 may be given as numbers)."""
 
 BOOLEANS = (
-    *(f"speed.{part}" for part in PARTS),
-    "speed.activation_checkpointing",
-    "speed.compile",
+    *(f"speed.{name}" for name in SWITCHES if name != "attention_kernel"),
     "eval.before",
     "eval.after",
     "eval.generate_during_fit",

@@ -18,10 +18,10 @@ from ftlight.testing import compose_config
 
 def test_auto_is_every_part_and_plain_is_none(tmp_path: Path) -> None:
     auto = speed_plan(compose_config([], tmp_path))
-    assert auto.parts_on() == list(PARTS) and not auto.plain
+    assert auto.parts_on() == list(PARTS) and auto.attention_kernel == "auto"
     assert not auto.activation_checkpointing and not auto.compile
     plain = speed_plan(compose_config(["speed=plain"], tmp_path))
-    assert plain == PLAIN and plain.plain and plain.parts_on() == []
+    assert plain == PLAIN and plain.parts_on() == [] and plain.attention_kernel == "torch"
     one = speed_plan(compose_config(["speed=plain", "speed.decode=true"], tmp_path))
     assert one.parts_on() == ["decode"]
 
