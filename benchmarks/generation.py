@@ -178,9 +178,7 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
     merged = contextlib.nullcontext() if system == "hf_generate" else merged_lora(model)
     outs: list[torch.Tensor] = []
     scoring = generating = 0.0
-    task.prefix_sharing = True
     ours = system.startswith("ftlight")
-    task.generation_follows = ours
     # evaluation passes grouped key/value heads to PyTorch's attention on a CPU (``grouped_kv``)
     grouped = grouped_kv(next(model.parameters()).device.type) if ours else contextlib.nullcontext()
     steps: list[tuple[int, int, float]] = []  # (rows of the batch, rows stepped, seconds)
@@ -193,9 +191,8 @@ def _time(system: str, model: Any, task: Any, batches: list[dict[str, Any]], aut
             for b in batches:
                 timer.rows = len(b["input_ids"])
                 start = time.perf_counter()
-                scored = task.evaluation_outputs(
-                    model, {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
-                )
+                inputs = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+                scored = task.evaluation_outputs(model, inputs, generating=ours)
                 middle = time.perf_counter()
                 ids, mask = b["gen_input_ids"], b["gen_attention_mask"]
                 if ours:

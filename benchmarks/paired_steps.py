@@ -119,7 +119,7 @@ def _switch(compare: str, model: Any, task: Any) -> Callable[[bool | None], None
             raise SystemExit("the model's head is not a plain linear layer")
 
         def in_loss(on: bool | None) -> None:
-            task.head_in_loss = None if on is None else on
+            task.calls.head_in_loss = None if on is None else on
 
         return in_loss
     if compare == "grouped_kv":

@@ -16,6 +16,7 @@ from torch.distributed.fsdp import fully_shard
 from ftlight.errors import ConfigError, TrainingError
 from ftlight.resume import rank_rng_states, restore_rng_state, rng_state_of_rank
 from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel, grouped_kv
+from ftlight.speed.calls import model_calls
 from ftlight.speed.gated import recompute_gated_activations
 from ftlight.speed.lowp import cast_frozen_linears
 from ftlight.speed.plan import SpeedPlan
@@ -42,8 +43,8 @@ class FineTuneModule(L.LightningModule):
     each block with ``torch.compile`` (dynamic shapes); ``attention_kernel`` picks the attention
     kernel of training steps (``ftlight.speed.attention``); ``share_prefix`` runs the opening
     every row of a batch shares once (``ftlight.speed.prefix``; training steps under activation
-    checkpointing, compiled blocks or FSDP run every row whole). The strategy and the task get
-    the plan too, for their own parts.
+    checkpointing, compiled blocks or FSDP run every row whole). The strategy gets the plan for
+    its own parts; the task gets the calls it makes (``ftlight.speed.calls.model_calls``).
     """
 
     def __init__(
@@ -73,7 +74,8 @@ class FineTuneModule(L.LightningModule):
         self.model = model
         self.strategy = strategy
         self.task = task
-        strategy.speed = task.speed = speed  # their own parts (LoRA's forward; losses, decoding)
+        strategy.speed = speed  # its own parts (LoRA's forward and fold)
+        task.calls = model_calls(speed)  # how its passes call the model (losses, decoding)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.generate_in_eval = False
@@ -121,6 +123,9 @@ class FineTuneModule(L.LightningModule):
             for block in self.strategy.shard_units(self.model):
                 fully_shard(block, mesh=dp)
             fully_shard(self.model, mesh=dp)
+        # a checkpointed block recomputes without the cache; a compiled one would retrace
+        rework = self.speed.activation_checkpointing or self.speed.compile
+        self.task.calls.whole_rows(training=rework or self.sharded, evaluation=self.sharded)
 
     def on_fit_start(self) -> None:
         """Train mode for every layer: ``from_pretrained`` returns models in eval mode, and
@@ -157,10 +162,6 @@ class FineTuneModule(L.LightningModule):
         """One micro-batch: the task's loss, logged without a host sync; a NaN or infinite
         loss stops the run."""
         self._step_kernel = self._choose_kernel(batch)
-        # a checkpointed block recomputes without the cache; a compiled one would retrace
-        self.task.prefix_sharing = self.speed.share_prefix and not (
-            self.speed.activation_checkpointing or self.speed.compile or self.sharded
-        )
         with (
             attention_kernel(self._step_kernel),
             grouped_kv(self.device.type, self.speed.grouped_kv),
@@ -265,10 +266,8 @@ class FineTuneModule(L.LightningModule):
         eager = torch.compiler.set_stance("force_eager") if self.speed.compile else nullcontext()
         with eager, grouped_kv(self.device.type, self.speed.grouped_kv):
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-            self.task.prefix_sharing = self.speed.share_prefix and not self.sharded
             gen_model = self.model if self.generate_in_eval else None
-            self.task.generation_follows = gen_model is not None
-            out = self.task.evaluation_outputs(self.model, inputs)
+            out = self.task.evaluation_outputs(self.model, inputs, gen_model is not None)
             self.task.update_metrics(self._metrics(), batch, out, model=gen_model)
 
     test_step = validation_step

@@ -14,7 +14,9 @@ from ftlight.data.encode import encode_sft
 from ftlight.data.formats import SFTExample
 from ftlight.errors import ConfigError
 from ftlight.models.tiny import build_tiny_tokenizer
+from ftlight.speed.calls import FastCalls
 from ftlight.tasks import CausalLMTask
+from ftlight.tasks.calls import ModelCalls
 from ftlight.tasks.causal_lm import AUTO_FALLBACK, AUTO_MARGIN
 
 
@@ -74,6 +76,13 @@ def _batch(tokenizer, packed: bool = False) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "num_tokens"}
 
 
+def _fast(task: CausalLMTask) -> CausalLMTask:
+    """``task`` calling its model through the speed parts (a module gives every task its run's
+    calls; a task alone calls the model plainly)."""
+    task.calls = FastCalls()
+    return task
+
+
 def _grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -96,11 +105,11 @@ def test_sliced_loss_equals_the_models_own_loss_and_gradients(tiny_lm, packed: b
     reference.backward()
     want = _grads(model)
 
-    task = CausalLMTask()
+    task = _fast(CausalLMTask())
     model.zero_grad()
     loss = task.training_loss(model, batch)
     loss.backward()
-    assert task.sliced_loss is True  # the fast path ran, not the fallback
+    assert task.calls.sliced_loss is True  # the fast path ran, not the fallback
     torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
     got = _grads(model)
     assert got.keys() == want.keys()
@@ -112,13 +121,13 @@ def test_sliced_loss_equals_the_models_own_loss_and_gradients(tiny_lm, packed: b
 def test_evaluation_scores_equal_the_models_own_in_any_grouping(
     tiny_lm, monkeypatch, limit: int | None
 ) -> None:
-    import ftlight.tasks.causal_lm as causal_lm
+    import ftlight.speed.calls as calls
 
     model, tok = tiny_lm
     batch = _batch(tok, packed=False)
     if limit is not None:  # logits budget in positions x vocabulary
-        monkeypatch.setattr(causal_lm, "EVAL_LOGITS", limit * model.config.vocab_size)
-    task = CausalLMTask(generate=False)
+        monkeypatch.setattr(calls, "EVAL_LOGITS", limit * model.config.vocab_size)
+    task = _fast(CausalLMTask(generate=False))
     metrics = task.metrics()
     with torch.no_grad():
         own = model(**batch, use_cache=False)
@@ -131,6 +140,28 @@ def test_evaluation_scores_equal_the_models_own_in_any_grouping(
     assert scores["token_accuracy"] == pytest.approx(float(accuracy), rel=1e-6)
 
 
+def test_plain_calls_score_as_the_model_does(tiny_lm) -> None:
+    """A task alone calls its model plainly (full logits, the model's own loss), and scores
+    what the model's own outputs give."""
+    model, tok = tiny_lm
+    batch = _batch(tok, packed=False)
+    task = CausalLMTask(generate=False)
+    assert type(task.calls) is ModelCalls
+    metrics = task.metrics()
+    with torch.no_grad():
+        own = model(**batch, use_cache=False)
+        outputs = task.evaluation_outputs(model, batch)
+        task.update_metrics(metrics, batch, outputs)
+        loss = task.training_loss(model, batch)
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    assert outputs.targets.tolist() == labels[mask].tolist()
+    assert outputs.rows.tolist() == mask.nonzero()[:, 0].tolist()
+    scores = task.compute_metrics(metrics)
+    assert scores["loss"] == pytest.approx(float(own.loss), rel=1e-6)
+    torch.testing.assert_close(loss, own.loss)
+
+
 def test_sliced_loss_through_a_peft_wrapper(tiny_lm) -> None:
     from peft import LoraConfig, get_peft_model
 
@@ -139,9 +170,9 @@ def test_sliced_loss_through_a_peft_wrapper(tiny_lm) -> None:
         copy.deepcopy(model), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0)
     )
     batch = _batch(tok)
-    task = CausalLMTask()
+    task = _fast(CausalLMTask())
     loss = task.training_loss(peft_model, batch)
-    assert task.sliced_loss is True
+    assert task.calls.sliced_loss is True
     torch.testing.assert_close(loss, peft_model(**batch, use_cache=False).loss)
 
 
@@ -166,9 +197,9 @@ class _OwnSlicing(nn.Module):
 def test_models_that_slice_otherwise_fall_back_to_their_own_loss(tiny_lm) -> None:
     model, tok = tiny_lm
     batch = _batch(tok)
-    task = CausalLMTask()
+    task = _fast(CausalLMTask())
     loss = task.training_loss(_OwnSlicing(model), batch)
-    assert task.sliced_loss is False
+    assert task.calls.sliced_loss is False
     torch.testing.assert_close(loss, model(**batch, use_cache=False).loss)
 
 
@@ -181,13 +212,13 @@ def test_every_step_projects_in_the_loss_with_the_same_numbers(tiny_lm, share: b
     reference.backward()
     want = _grads(model)
 
-    task = CausalLMTask()
-    task.prefix_sharing = share
+    task = _fast(CausalLMTask())
+    task.calls.whole_rows(training=not share, evaluation=not share)
     for step in range(2):
         model.zero_grad()
         loss = task.training_loss(model, batch)
         loss.backward()
-        assert task.head_in_loss is True
+        assert task.calls.head_in_loss is True
         torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6, msg=f"step {step}")
         got = _grads(model)
         assert got.keys() == want.keys()
@@ -212,10 +243,10 @@ def test_a_model_that_changes_its_heads_output_keeps_the_plain_loss(tiny_lm) -> 
     with torch.no_grad():
         logits = scaled(**batch, use_cache=False).logits[:, :-1]
     want = nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
-    task = CausalLMTask()
+    task = _fast(CausalLMTask())
     for _ in range(2):
         loss = task.training_loss(scaled, batch)
-        assert task.head_in_loss is False
+        assert task.calls.head_in_loss is False
         torch.testing.assert_close(loss, want)
 
 
@@ -224,8 +255,8 @@ def test_a_hooked_head_keeps_the_plain_loss(tiny_lm) -> None:
     hooked = copy.deepcopy(model)
     hooked.lm_head.register_forward_hook(lambda _m, _i, out: out * 0.5)
     batch = _batch(tok)
-    task = CausalLMTask()
+    task = _fast(CausalLMTask())
     first = task.training_loss(hooked, batch)
     second = task.training_loss(hooked, batch)
-    assert task.head_in_loss is None  # never tried: a hook may change what the head returns
+    assert task.calls.head_in_loss is None  # never tried: a hook may change what the head returns
     torch.testing.assert_close(second, first)

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from ftlight.errors import ConfigError
+from ftlight.speed.calls import FastCalls, fast_greedy
 from ftlight.speed.decode import greedy_decode
 from ftlight.tasks import CausalLMTask
 from ftlight.tasks.generation import GreedyAnswers
@@ -144,15 +145,15 @@ def test_each_setting_decodes_as_generate_does(model, lm, setting: str, share_pr
     for key, value in settings.items():
         setattr(model.generation_config, key, value)
     want = _alone(model, ids, mask, eos, pad)
-    task = CausalLMTask(max_new_tokens=STEPS)
+    task = _fast(CausalLMTask(max_new_tokens=STEPS))
     task.configure(tok, [])
     if eos is None:  # the task's own end tokens: the tokenizer's and the generation_config's
         got_text = task.generate_text(model, ids, mask)
         assert got_text == tok.batch_decode(want, skip_special_tokens=True)
-        got = GreedyAnswers()(model, ids, mask, STEPS, settings["eos_token_id"], pad)
+        got = fast_greedy(GreedyAnswers(), model, ids, mask, STEPS, settings["eos_token_id"], pad)
     else:
         answers = GreedyAnswers()
-        got = answers(model, ids, mask, STEPS, eos, pad) if share_prefix else None
+        got = fast_greedy(answers, model, ids, mask, STEPS, eos, pad) if share_prefix else None
         if not share_prefix:  # every row encoded whole, no shared opening
             from ftlight.tasks.generation import decoding_config, processors
 
@@ -177,7 +178,7 @@ def test_a_forced_first_token_after_a_one_token_prompt(model, lm) -> None:
     eos, pad = [tok.eos_token_id], tok.pad_token_id
     plain = greedy_decode(model, ids, mask, STEPS, eos, pad)
     model.generation_config.forced_bos_token_id = 11
-    got = GreedyAnswers()(model, ids, mask, STEPS, eos, pad)
+    got = fast_greedy(GreedyAnswers(), model, ids, mask, STEPS, eos, pad)
     assert torch.equal(got, _alone(model, ids, mask, eos, pad))
     assert got[:, 0].tolist() == [11, 11, 11] and _differ(got, plain)
 
@@ -200,7 +201,7 @@ def test_settings_together_from_the_scoring_pass(model, lm, monkeypatch) -> None
         rows.append(task.encode(SFTExample(turns), tok, None, evaluation=True)[0])
     batch = EvalCollator(PadCollator(tok.pad_token_id))(rows)
     task.configure(tok, batch["references"])
-    task.generation_follows = True
+    _fast(task)
     encoded = []
     real = decode._prompt
     monkeypatch.setattr(decode, "_prompt", lambda *a, **k: encoded.append(1) or real(*a, **k))
@@ -210,7 +211,7 @@ def test_settings_together_from_the_scoring_pass(model, lm, monkeypatch) -> None
     metrics = task.metrics()
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
     with torch.no_grad():
-        outputs = task.evaluation_outputs(model, inputs)
+        outputs = task.evaluation_outputs(model, inputs, generating=True)
         assert outputs.prompts is not None and outputs.prompts.scores is not None
         task.update_metrics(metrics, batch, outputs, model=model)
     assert encoded == []  # decoding continued from the scoring pass
@@ -227,9 +228,8 @@ def test_a_run_override_beats_the_models_setting(model, lm) -> None:
     eos, pad = [tok.eos_token_id], tok.pad_token_id
     model.generation_config.repetition_penalty = 3.0
     with_penalty = _alone(model, ids, mask, eos, pad)
-    got = GreedyAnswers({"repetition_penalty": 1.0, "no_repeat_ngram_size": None})(
-        model, ids, mask, STEPS, eos, pad
-    )
+    overrides = GreedyAnswers({"repetition_penalty": 1.0, "no_repeat_ngram_size": None})
+    got = fast_greedy(overrides, model, ids, mask, STEPS, eos, pad)
     assert model.generation_config.repetition_penalty == 3.0  # the model's config untouched
     model.generation_config.repetition_penalty = 1.0
     assert torch.equal(got, _alone(model, ids, mask, eos, pad))
@@ -251,8 +251,8 @@ def test_beam_search_goes_to_generate_and_says_why_once(model, lm, caplog) -> No
     )[:, ids.shape[1] :]
     answers = GreedyAnswers()
     with caplog.at_level(logging.INFO, logger="ftlight"):
-        first = answers(model, ids, mask, STEPS, eos, pad)
-        second = answers(model, ids, mask, STEPS, eos, pad)
+        first = fast_greedy(answers, model, ids, mask, STEPS, eos, pad)
+        second = fast_greedy(answers, model, ids, mask, STEPS, eos, pad)
     assert torch.equal(first, want) and torch.equal(second, want)
     notes = [r.getMessage() for r in caplog.records if "model.generate" in r.getMessage()]
     assert len(notes) == 1 and "num_beams=3" in notes[0]
@@ -309,8 +309,15 @@ def test_a_default_config_applies_no_processor(model, lm, monkeypatch) -> None:
     monkeypatch.setattr(decode, "_processed", lambda *a: pytest.fail("processed plain argmax"))
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id)
     ids, mask = _batch(tok, PROMPTS)
-    got = GreedyAnswers()(model, ids, mask, STEPS, [tok.eos_token_id], tok.pad_token_id)
+    eos, pad = [tok.eos_token_id], tok.pad_token_id
+    got = fast_greedy(GreedyAnswers(), model, ids, mask, STEPS, eos, pad)
     assert torch.equal(got, _alone(model, ids, mask, [tok.eos_token_id], tok.pad_token_id))
+
+
+def _fast(task: CausalLMTask) -> CausalLMTask:
+    """``task`` calling its model through the speed parts (as a run's module gives it)."""
+    task.calls = FastCalls()
+    return task
 
 
 def _recorded(generate_text, seen: list[list[str]]):
@@ -386,12 +393,12 @@ def test_past_a_sliding_window_evaluation_decodes_with_generate(caplog) -> None:
     # the fast decoder alone gets some of them wrong past the window: the case is a real one
     assert any(not torch.equal(f[:steps], a) for f, a in zip(fast, alone, strict=True))
     with caplog.at_level(logging.INFO, logger="ftlight"):
-        got = GreedyAnswers()(model, ids, mask, steps, [], 0)
+        got = fast_greedy(GreedyAnswers(), model, ids, mask, steps, [], 0)
     for row, want in zip(got, alone, strict=True):
         assert torch.equal(row[:steps], want)
     assert any("sliding attention window (64 tokens)" in r.getMessage() for r in caplog.records)
     # within the window the fast decoder runs, and agrees
-    short = GreedyAnswers()(model, ids[:, -40:], mask[:, -40:], steps, [], 0)
+    short = fast_greedy(GreedyAnswers(), model, ids[:, -40:], mask[:, -40:], steps, [], 0)
     for row, p in zip(short, prompts, strict=True):
         want = model.generate(
             input_ids=p[-40:][None], max_new_tokens=steps, do_sample=False, eos_token_id=None

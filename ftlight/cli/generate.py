@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 from ftlight.data.encode import encode_prompt
 from ftlight.errors import FtlightError, ModelError
 from ftlight.export import find_model_dir
+from ftlight.speed.calls import fast_greedy
 from ftlight.tasks.generation import GreedyAnswers
 from ftlight.validate.positions import fit_new_tokens, model_limit
 
@@ -97,7 +98,8 @@ class Generator:
         else:  # evaluation's decoder: the same answers as the run's scores
             mask = torch.ones_like(input_ids)
             pad = self.tokenizer.pad_token_id
-            new = self.greedy(self.model, input_ids, mask, max_new_tokens, ends, pad)[0]
+            new = fast_greedy(self.greedy, self.model, input_ids, mask, max_new_tokens, ends, pad)
+            new = new[0]
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 

@@ -18,35 +18,36 @@ def _state(value: bool | None) -> str:
     return "n/a" if value is None else ("on" if value else "off")
 
 
-def _decided(task: Any, name: str, allowed: bool) -> bool | None:
-    """The task's own decision, ``False`` where the plan switched the part off."""
-    if not hasattr(task, name):
-        return None
-    return getattr(task, name) if allowed else False
+def _decided(calls: Any, name: str, allowed: bool) -> bool | None:
+    """What the task's model calls decided, ``False`` where the plan switched the part off."""
+    if not allowed:
+        return False
+    return getattr(calls, name, None)
 
 
 def speed_parts(module: Any) -> dict[str, str]:
     """What each speed part decided for ``module``'s model (a ``FineTuneModule``); a part the
     run's plan switched off (``speed.<part>=false``) says ``off``."""
     task, model, plan = module.task, module.model, module.speed
-    causal = hasattr(task, "sliced_loss")
+    calls = task.calls
+    causal = hasattr(task, "generate_text")  # a task whose passes call a language model
     kernel = getattr(module, "_step_kernel", None)
-    lora = any(type(m).__name__ == "LoraModel" for m in model.modules())
+    own = getattr(module.strategy, "speed_parts", ())  # the parts the strategy installs
     decode = "cached greedy" if plan.decode and can_decode(model) else "model.generate"
     return {
-        "sliced_loss": _state(_decided(task, "sliced_loss", plan.sliced_loss)),
-        "head_loss": _state(_decided(task, "head_in_loss", plan.head_loss)),
+        "sliced_loss": _state(_decided(calls, "sliced_loss", plan.sliced_loss) if causal else None),
+        "head_loss": _state(_decided(calls, "head_in_loss", plan.head_loss) if causal else None),
         "recompute_activation": f"{getattr(module, 'recomputed_mlps', 0)} gated MLPs",
         "frozen_bf16": f"{getattr(module, 'frozen_cast', 0)} linears",
         "grouped_kv": _state(plan.grouped_kv),
         "attention_kernel": kernel or "torch's choice",
-        "share_prefix": _state(getattr(task, "prefix_sharing", None) if causal else None),
+        "share_prefix": _state(getattr(calls, "share_in_training", False) if causal else None),
         "shared_opening_in_eval": _state(
             plan.shared_opening and cascade.supports(model) if causal else None
         ),
         "decode": decode if causal else "n/a",
-        "lora_fold": _state(plan.lora_fold if lora else None),
-        "lora_fused": _state(plan.lora_fused if lora else None),
+        "lora_fold": _state(plan.lora_fold if "lora_fold" in own else None),
+        "lora_fused": _state(plan.lora_fused if "lora_fused" in own else None),
     }
 
 

@@ -33,6 +33,8 @@ class Strategy:
     #: the run's speed plan (``ftlight.speed.plan``), given by the module before ``apply``: a
     #: strategy that installs a speed part of its own reads its switch here (``lora_fused``)
     speed: SpeedPlan = SpeedPlan()
+    #: the plan's parts this strategy installs itself (the run's speed line reports them)
+    speed_parts: ClassVar[tuple[str, ...]] = ()
 
     def load_kwargs(self, task: Task) -> dict[str, Any]:
         """Extra ``from_pretrained`` arguments (quantisation config, dtype) for the base model."""

@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from ftlight.models.introspect import head_module_names
-from ftlight.speed.plan import SpeedPlan
+from ftlight.tasks.calls import ModelCalls
 
 
 @dataclass
@@ -55,18 +55,12 @@ class Task:
     uses_labels: ClassVar[bool] = False
     #: whether several rows may be packed into one sequence (``data.packing``)
     packable: ClassVar[bool] = False
-    #: whether a pass may run the opening every row of a batch shares once
-    #: (``ftlight.speed.prefix``); the module turns it off where a step cannot reuse a cache
-    prefix_sharing: bool = True
-    #: whether ``update_metrics`` will generate from the batch now being scored: the scoring
-    #: pass may then keep what generation can reuse (set by the module per pass)
-    generation_follows: bool = False
     #: where ``update_metrics`` adds each scored row's prompt, answer and scores
     #: (``ftlight.evaluation.predictions``), while an evaluation keeps them (set per pass)
     predictions: Any = None
-    #: the run's speed plan (``ftlight.speed.plan``), given by the module when it is built: the
-    #: task's own parts (sliced and head losses, the shared opening, the greedy decoder)
-    speed: SpeedPlan = SpeedPlan()
+    #: how the task's passes call the model (``ftlight.tasks.calls``): the plain calls, or the
+    #: run's fast ones (``ftlight.speed.calls``), given by the module when it is built
+    calls: ModelCalls = ModelCalls()
 
     def configure(self, tokenizer: Any, references: list[str]) -> None:
         """Bind the tokenizer and learn what the evaluation references look like."""
@@ -119,8 +113,11 @@ class Task:
         """The loss to minimise on one micro-batch of model inputs (the model's own loss)."""
         return model(**inputs, use_cache=False).loss
 
-    def evaluation_outputs(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
-        """What ``update_metrics`` scores for one evaluated batch (the model's own outputs)."""
+    def evaluation_outputs(
+        self, model: nn.Module, inputs: dict[str, Any], generating: bool = False
+    ) -> Any:
+        """What ``update_metrics`` scores for one evaluated batch (the model's own outputs);
+        ``generating``: ``update_metrics`` will also decode answers from it."""
         return model(**inputs, use_cache=False)
 
     def metrics(self) -> dict[str, Metric]:

@@ -2,9 +2,10 @@
 
 A model's ``generation_config`` may carry settings that change its greedy answers (Qwen2.5-
 Instruct ships a repetition penalty of 1.05). ``model.generate(do_sample=False)`` applies
-them, so evaluation and ``ftlight-generate`` do too: ``greedy_answers`` builds transformers'
-public logits processors from the config (with the run's ``task.generation`` overrides) for
-the fast decoder (``ftlight.speed.decode``), and hands the pass to ``model.generate`` where a
+them, so evaluation and ``ftlight-generate`` do too: ``GreedyAnswers`` holds the settings
+(the config with the run's ``task.generation`` overrides), ``processors`` builds
+transformers' public logits processors from them for the fast decoder
+(``ftlight.speed.calls.fast_greedy``), which hands the pass to ``model.generate`` where a
 setting asks for more than a processor (beam search, stop strings). Each prompt is processed
 as ``generate`` processes a prompt of its own: padding in a batch never changes an answer.
 """
@@ -37,8 +38,6 @@ from transformers.generation import (
 )
 
 from ftlight.errors import ConfigError
-from ftlight.speed.cascade import attention_window
-from ftlight.speed.decode import Prompted, can_decode, greedy_decode
 
 log = logging.getLogger("ftlight")
 
@@ -172,14 +171,20 @@ def processors(
 
 
 class GreedyAnswers:
-    """Greedy answers of a model as its ``generation_config`` (and ``overrides``) says."""
+    """Greedy answers of a model as its ``generation_config`` (and ``overrides``) says: the
+    decoding policy. ``generate`` decodes through ``model.generate``; the fast decoder
+    (``ftlight.speed.calls.fast_greedy``) gives the same answers with the same settings."""
 
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         self.overrides = check_overrides(overrides)
         self._noted: set[str] = set()  # why a pass went to ``model.generate``, logged once
 
+    def config(self, model: nn.Module) -> GenerationConfig:
+        """The settings answers to ``model``'s prompts are decoded with."""
+        return decoding_config(model, self.overrides)
+
     @torch.no_grad()
-    def __call__(
+    def generate(
         self,
         model: nn.Module,
         input_ids: torch.Tensor,
@@ -187,55 +192,26 @@ class GreedyAnswers:
         max_new_tokens: int,
         eos: Sequence[int],
         pad_id: int,
-        prompted: Prompted | None = None,
         tokenizer: Any = None,
-        fast: bool = True,
+        config: GenerationConfig | None = None,
     ) -> torch.Tensor:
-        """The ``(rows, steps)`` new tokens for left-padded prompts, as greedy ``generate``
-        would give each prompt alone; ``prompted``: the prompts already encoded; ``fast``:
-        ftlight's decoder where it applies (``speed.decode``), else ``model.generate``."""
-        config = decoding_config(model, self.overrides)
-        slow = generate_only(config)
-        if not can_decode(model):
-            slow = slow or ["a model without a key/value cache interface"]
-        window = attention_window(model)
-        if window is not None and input_ids.shape[1] + max_new_tokens > window:
-            slow = slow or [
-                f"prompts and answers longer than the model's sliding attention window ({window} "
-                "tokens)"
-            ]
-        if slow or not fast:
-            if slow:
-                self._note(slow)
-            config.do_sample, config.num_return_sequences = False, 1
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=sorted(set(eos)) or None,
-                pad_token_id=pad_id,
-                tokenizer=tokenizer,
-            )
-            return out[:, input_ids.shape[1] :]
-        prompts = [row[keep] for row, keep in zip(input_ids, attention_mask.bool(), strict=True)]
-        steps = [processors(config, len(p), max_new_tokens, eos) for p in prompts]
-        if not any(steps):
-            prompts, steps = [], []  # plain argmax
-        elif prompted is not None and prompted.scores is None:
-            prompted = None  # the first step needs the prompts' scores, not just their argmax
-        return greedy_decode(
-            model,
-            input_ids,
-            attention_mask,
-            max_new_tokens,
-            eos,
-            pad_id,
-            prompted=prompted,
-            processors=list(zip(prompts, steps, strict=True)) or None,
+        """The ``(rows, steps)`` new tokens for left-padded prompts from greedy
+        ``model.generate`` under ``config`` (default: ``self.config(model)``)."""
+        config = copy.deepcopy(config) if config is not None else self.config(model)
+        config.do_sample, config.num_return_sequences = False, 1
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(set(eos)) or None,
+            pad_token_id=pad_id,
+            tokenizer=tokenizer,
         )
+        return out[:, input_ids.shape[1] :]
 
-    def _note(self, why: list[str]) -> None:
+    def note(self, why: list[str]) -> None:
+        """Log once per reason that a pass went to ``model.generate``."""
         key = ", ".join(why)
         if key not in self._noted:
             self._noted.add(key)

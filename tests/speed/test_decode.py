@@ -296,6 +296,7 @@ def test_evaluation_decodes_with_its_own_loop(lm, monkeypatch) -> None:
     """The model's cache argument is found under either name ``transformers`` has used, so
     evaluation never falls back to ``generate`` on a decoder-only model."""
     from ftlight.speed import cascade
+    from ftlight.speed.calls import FastCalls
     from ftlight.tasks import CausalLMTask
 
     model, tok = lm
@@ -303,6 +304,7 @@ def test_evaluation_decodes_with_its_own_loop(lm, monkeypatch) -> None:
     assert cascade.supports(model)  # a Llama: the opening is kept once when decoding
     monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("fell back to generate"))
     task = CausalLMTask(max_new_tokens=5)
+    task.calls = FastCalls()
     task.configure(tok, ["ok"])
     ids, mask = _batch(tok, [PREFIX + q for q in QUESTIONS])
     assert len(task.generate_text(model, ids, mask)) == len(QUESTIONS)

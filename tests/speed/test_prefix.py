@@ -14,6 +14,7 @@ from ftlight.data.collate import PadCollator
 from ftlight.data.encode import encode_sft
 from ftlight.data.formats import SFTExample
 from ftlight.speed import prefix
+from ftlight.speed.calls import FastCalls
 from ftlight.speed.prefix import shared_prefix_length
 from ftlight.tasks import CausalLMTask
 
@@ -78,8 +79,7 @@ def test_training_loss_and_gradients_match_the_plain_pass(lm) -> None:
 
     results = []
     for sharing in (False, True):
-        task = CausalLMTask()
-        task.prefix_sharing = sharing
+        task = _sharing(CausalLMTask(), sharing)
         model.zero_grad()
         loss = task.training_loss(model, batch)
         loss.backward()
@@ -107,13 +107,12 @@ def test_lora_gradients_flow_through_the_shared_cache(lm, monkeypatch) -> None:
     calls = []
     real = prefix.forward_with_shared_prefix
     monkeypatch.setattr(
-        "ftlight.tasks.causal_lm.forward_with_shared_prefix",
+        "ftlight.speed.calls.forward_with_shared_prefix",
         lambda *a, **k: calls.append(a[3]) or real(*a, **k),
     )
     grads = []
     for sharing in (False, True):
-        task = CausalLMTask()
-        task.prefix_sharing = sharing
+        task = _sharing(CausalLMTask(), sharing)
         peft_model.zero_grad()
         task.training_loss(peft_model, batch).backward()
         grads.append(
@@ -135,14 +134,20 @@ def test_evaluation_scores_match_the_plain_pass(lm, monkeypatch, kept_once) -> N
     batch = _batch(tok)
     scores = []
     for sharing in (False, True):
-        task = CausalLMTask(generate=False)
-        task.prefix_sharing = sharing
+        task = _sharing(CausalLMTask(generate=False), sharing)
         metrics = task.metrics()
         with torch.no_grad():
             task.update_metrics(metrics, batch, task.evaluation_outputs(model.eval(), batch))
         scores.append(task.compute_metrics(metrics))
     assert scores[1]["loss"] == pytest.approx(scores[0]["loss"], rel=1e-5)
     assert scores[1]["token_accuracy"] == scores[0]["token_accuracy"]
+
+
+def _sharing(task: CausalLMTask, sharing: bool) -> CausalLMTask:
+    """``task`` calling its model through the speed parts, sharing openings or not."""
+    task.calls = FastCalls()
+    task.calls.whole_rows(training=not sharing, evaluation=not sharing)
+    return task
 
 
 def _eval_batch(tok, tickets=TICKETS) -> dict:
@@ -176,8 +181,8 @@ def test_decoding_continues_from_the_scoring_pass(lm, monkeypatch, opening, grou
     """Evaluation's loss pass already ran every prompt (each is the start of its row):
     decoding continues from its keys and values, with the same answers and scores as when it
     encodes the prompts itself."""
+    import ftlight.speed.calls as calls
     import ftlight.speed.decode as decode
-    import ftlight.tasks.causal_lm as causal_lm
     from ftlight.speed import cascade
 
     model, tok = lm
@@ -188,7 +193,7 @@ def test_decoding_continues_from_the_scoring_pass(lm, monkeypatch, opening, grou
                 p.normal_(std=0.3)
     monkeypatch.setattr(cascade, "supports", lambda m: opening == "kept-once")
     if groups:  # a logits budget that splits the batch into groups of rows
-        monkeypatch.setattr(causal_lm, "EVAL_LOGITS", 30 * model.config.vocab_size)
+        monkeypatch.setattr(calls, "EVAL_LOGITS", 30 * model.config.vocab_size)
     batch = _eval_batch(tok, MORE_TICKETS)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
     encoded = []
@@ -200,13 +205,12 @@ def test_decoding_continues_from_the_scoring_pass(lm, monkeypatch, opening, grou
     for follows in (False, True):
         task = CausalLMTask(max_new_tokens=10)
         task.configure(tok, batch["references"])
-        task.prefix_sharing = opening != "not-shared"
-        task.generation_follows = follows
+        _sharing(task, opening != "not-shared")
         answers: list[str] = []
         task.generate_text = _recorded(task.generate_text, answers)
         metrics = task.metrics()
         with torch.no_grad():
-            outputs = task.evaluation_outputs(model, inputs)
+            outputs = task.evaluation_outputs(model, inputs, generating=follows)
             assert (outputs.prompts is not None) == follows
             task.update_metrics(metrics, batch, outputs, model=model)
         results.append((answers, task.compute_metrics(metrics), task.generated_tokens))
@@ -229,12 +233,11 @@ def _recorded(generate_text, answers: list[str]):
 def test_decoding_encodes_the_prompts_when_they_do_not_start_the_scored_rows(lm) -> None:
     model, tok = lm
     batch = _eval_batch(tok)
-    task = CausalLMTask(max_new_tokens=4)
+    task = _sharing(CausalLMTask(max_new_tokens=4), True)
     task.configure(tok, batch["references"])
-    task.generation_follows = True
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
     with torch.no_grad():
-        outputs = task.evaluation_outputs(model.eval(), inputs)
+        outputs = task.evaluation_outputs(model.eval(), inputs, generating=True)
         args = (outputs.predictions, batch["input_ids"])
         prompts = outputs.prompts
         assert prompts.prompted(*args, batch["gen_input_ids"], batch["gen_attention_mask"])

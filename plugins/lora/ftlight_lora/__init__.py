@@ -29,6 +29,7 @@ class LoRAStrategy(Strategy):
     """
 
     name: ClassVar[str] = "lora"
+    speed_parts: ClassVar[tuple[str, ...]] = ("lora_fold", "lora_fused")
 
     def __init__(
         self,

@@ -1,0 +1,435 @@
+"""The fast model calls: the speed parts of a task's passes, against the plain ones.
+
+``FastCalls`` computes what ``ftlight.tasks.calls.ModelCalls`` computes (the same losses,
+predictions and answers, within floating-point summation order) with less work, each part
+behind its switch of the run's plan (``ftlight.speed.plan``):
+
+- ``sliced_loss``: only the positions that predict a label go through the LM head
+  (``logits_to_keep`` as a boolean mask, which ``transformers`` models accept): on SFT rows
+  most of a sequence is prompt, whose logits carry no loss;
+- ``head_loss``: when the model returns its head's output unchanged, the loss projects the
+  hidden states itself, a block of positions at a time (``ftlight.speed.head_loss``);
+- ``share_prefix``/``shared_opening``: the opening every row of a batch shares runs once
+  (``ftlight.speed.prefix``, ``ftlight.speed.cascade``);
+- ``decode``: answers from ftlight's cached greedy decoder (``ftlight.speed.decode``), which
+  continues from the keys and values the scoring pass kept instead of encoding the prompts
+  again.
+
+Where a model cannot take a part (no mask for ``logits_to_keep``, a head whose output it
+changes, no cache interface) the call falls back to the plain one, found out once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from ftlight.data.encode import IGNORE_INDEX
+from ftlight.speed import cascade
+from ftlight.speed.decode import Prompted, can_decode, greedy_decode
+from ftlight.speed.head_loss import head_as_identity, linear_cross_entropy, plain_head
+from ftlight.speed.plan import SpeedPlan
+from ftlight.speed.prefix import (
+    PrefixPass,
+    RowCache,
+    cache_argument,
+    encode_opening,
+    forward_with_shared_prefix,
+    new_cache,
+    shared_prefix_length,
+    takes_argument,
+)
+from ftlight.tasks.calls import LabelledOutputs, ModelCalls, predicting
+from ftlight.tasks.generation import GreedyAnswers, generate_only, processors
+
+#: the model inputs with which a pass may share an opening and keep a cache
+PLAIN_INPUTS = frozenset({"input_ids", "attention_mask"})
+#: most logits an evaluation forward holds at once (16 M floats: 64 MB in float32); twice that
+#: raised the evaluation's peak memory (benchmarks/README.md)
+EVAL_LOGITS = 2**24
+#: the parts a ``FastCalls`` holds; with all of them off a run calls the model plainly
+CALL_PARTS = ("sliced_loss", "head_loss", "share_prefix", "shared_opening", "decode")
+
+
+def model_calls(plan: SpeedPlan) -> ModelCalls:
+    """The calls a run's tasks make under ``plan``: plain when it switches every call part
+    off (``speed=plain``)."""
+    if any(getattr(plan, part) for part in CALL_PARTS):
+        return FastCalls(plan)
+    return ModelCalls()
+
+
+@dataclass
+class ScoredPrompts:
+    """The keys and values a scoring pass computed for the prompts its rows start with:
+    greedy decoding continues from them (``prompted``)."""
+
+    cache: DynamicCache  # rows in ``order``; positions ``offset:`` of each row's prompt
+    offset: int  # the opening's length when it is kept apart (``opening``), else 0
+    opening: list[tuple[torch.Tensor, torch.Tensor]] | None
+    lengths: torch.Tensor  # (rows,) each row's prompt length: the start of its last reply
+    keep: torch.Tensor  # (rows, length) the positions whose predictions the pass made
+    order: torch.Tensor  # the batch rows in the order of the cache and of the predictions
+    #: (rows, vocabulary) float32 scores at each row's last prompt position, in batch order:
+    #: where logits processors start (``ftlight.tasks.generation``)
+    scores: torch.Tensor | None = None
+
+    def prompted(
+        self,
+        predictions: torch.Tensor,
+        row_ids: torch.Tensor,
+        prompts: torch.Tensor,
+        prompt_mask: torch.Tensor,
+    ) -> Prompted | None:
+        """Where decoding of ``prompts`` (left-padded) continues, or None when a prompt is
+        not the start of its scored row."""
+        lengths = prompt_mask.sum(1)
+        if not torch.equal(lengths, self.lengths):
+            return None
+        for row, prompt, keep in zip(row_ids, prompts, prompt_mask.bool(), strict=True):
+            if not torch.equal(row[: len(prompt[keep])], prompt[keep]):
+                return None
+        made = self.keep[self.order].nonzero()  # (row in ``order``, position) per prediction
+        table = torch.full(self.keep.shape, -1, dtype=predictions.dtype, device=predictions.device)
+        table[self.order[made[:, 0]], made[:, 1]] = predictions
+        first = table[torch.arange(len(lengths), device=lengths.device), lengths - 1]
+        if bool((first < 0).any()):  # a prompt's last position was not scored
+            return None
+        column = torch.arange(self.cache.get_seq_length(), device=lengths.device) + self.offset
+        rows = self.order
+        valid = column[None, :] < lengths[rows, None]
+        scores = self.scores[rows] if self.scores is not None else None
+        return Prompted(self.cache, valid, lengths[rows], first[rows], self.opening, rows, scores)
+
+
+class FastCalls(ModelCalls):
+    """The calls with the plan's speed parts (module docstring); the plain ones where a
+    model cannot take a part."""
+
+    def __init__(self, plan: SpeedPlan | None = None) -> None:
+        self.plan = plan or SpeedPlan()
+        #: None until the first pass finds out whether the model can project only the
+        #: labelled positions onto the vocabulary (``logits_to_keep`` as a mask)
+        self.sliced_loss: bool | None = None
+        #: whether the model returns its head's output unchanged, so that the loss projects
+        #: the hidden states itself; None until a training step tells
+        self.head_in_loss: bool | None = None
+        #: whether training steps / evaluation passes may run a shared opening once
+        #: (``whole_rows``)
+        self.share_in_training = self.plan.share_prefix
+        self.share_in_evaluation = self.plan.share_prefix
+
+    def whole_rows(self, training: bool, evaluation: bool) -> None:
+        """Run every row whole in training steps / evaluation passes (``share_prefix`` off
+        there)."""
+        self.share_in_training = self.plan.share_prefix and not training
+        self.share_in_evaluation = self.plan.share_prefix and not evaluation
+
+    def loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the labelled positions, projecting only those; the
+        model's own loss where it cannot take a mask. A model that changes its head's output
+        (scaling, capping) is run again the plain way, on that step and later ones."""
+        head = plain_head(model) if self.head_in_loss is not False and self.plan.head_loss else None
+        if head is not None and torch.is_grad_enabled():
+            with head_as_identity(head) as given:
+                sliced = self._labelled_pass(model, inputs, self.share_in_training)
+            if sliced is None:
+                return super().loss(model, inputs)
+            hidden, wanted = sliced[0].output.logits, sliced[1]
+            if given and hidden is given[-1]:
+                self.head_in_loss = True
+                return linear_cross_entropy(hidden, head.weight, head.bias, wanted)
+            # the model changed what its head returned: this step again, as it is, and so on
+            self.head_in_loss = False
+            del sliced, hidden
+            given.clear()
+        sliced = self._labelled_pass(model, inputs, self.share_in_training)
+        if sliced is None:
+            return super().loss(model, inputs)
+        scored, wanted = sliced
+        return nn.functional.cross_entropy(scored.output.logits.float(), wanted)
+
+    def _labelled_pass(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        share: bool,
+        shared: int | None = None,
+        opening: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        keep_cache: bool = False,
+    ) -> tuple[PrefixPass, torch.Tensor] | None:
+        """The pass whose logits are those of the positions that predict a label, and those
+        labels; None when the model cannot project a subset of positions. ``share``: the
+        pass may run a shared opening once; ``shared``/``opening``: that opening, when
+        already found (and encoded); ``keep_cache``: also return the rows' keys and values."""
+        labels = inputs.get("labels")
+        if (
+            labels is None
+            or self.sliced_loss is False
+            or not self.plan.sliced_loss
+            or not takes_argument(model, "logits_to_keep")
+        ):
+            return None
+        keep = predicting(labels)
+        rest = {k: v for k, v in inputs.items() if k != "labels"}
+        if shared is None:
+            shared = _shared_length(rest, keep) if share else 0
+        if shared:
+            scored = forward_with_shared_prefix(
+                model,
+                rest["input_ids"],
+                rest.get("attention_mask"),
+                shared,
+                opening=opening,
+                keep_cache=keep_cache,
+                one_copy=self.plan.shared_opening,
+                logits_to_keep=keep[:, shared:],
+            )
+        else:
+            cache = new_cache(model) if keep_cache else None
+            name = cache_argument(model) or "past_key_values"
+            uses = {name: cache, "use_cache": True} if keep_cache else {"use_cache": False}
+            scored = PrefixPass(model(**rest, **uses, logits_to_keep=keep), cache)
+        logits = scored.output.logits
+        wanted = labels[:, 1:][keep[:, :-1]]
+        if logits.ndim != 2 or logits.shape[0] != wanted.shape[0]:
+            self.sliced_loss = False  # the model sliced some other way: use the plain pass
+            return None
+        self.sliced_loss = True
+        return scored, wanted
+
+    def labelled(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        generating: bool = False,
+        max_new_tokens: int = 0,
+    ) -> LabelledOutputs:
+        """Loss and greedy next-token predictions at the labelled positions only.
+
+        The full ``(rows, length, vocabulary)`` logits of an evaluation batch are the largest
+        tensor of a run (16 rows of 256 tokens over a 49k vocabulary: 800 MB in float32),
+        and most of them belong to prompt tokens, which are not scored. Only the labelled
+        positions are projected, and a batch with many of them (general text, where every
+        token is labelled) in groups of rows holding at most ``EVAL_LOGITS`` logits: rows of
+        similar length together, each group cut to its longest row.
+
+        When answers are decoded from this batch (``generating``), the pass keeps the rows'
+        keys and values, with room for ``max_new_tokens``: every prompt is the start of its
+        row, so decoding continues from them instead of encoding the prompts again.
+        """
+        if self.sliced_loss is False or not self.plan.sliced_loss:
+            return super().labelled(model, inputs, generating, max_new_tokens)
+        labels = inputs["labels"]
+        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        keep = predicting(labels)
+        filled = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
+        lengths = filled.sum(1)
+        shared = _shared_length(inputs, keep) if self.share_in_evaluation else 0
+        if shared >= int(lengths.min()):
+            shared = 0
+        opening = None
+        if (
+            shared
+            and self.plan.shared_opening
+            and cascade.supports(model)
+            and not torch.is_grad_enabled()
+        ):
+            opening = encode_opening(model, ids, shared)  # once for every group
+        keep_cache = (
+            generating
+            and set(inputs) <= PLAIN_INPUTS | {"labels"}
+            and self.plan.decode
+            and can_decode(model)
+        )
+        order = torch.argsort(lengths, stable=True)
+        per_row = keep.sum(1)[order].tolist()
+        prompt_lengths = _prompt_lengths(labels)
+        offset = shared if opening is not None else 0
+        if keep_cache and int(prompt_lengths.min()) <= offset:
+            keep_cache = False  # a prompt inside the opening: nothing of its own to continue
+        prompts = None
+        if keep_cache:  # each row's prompt positions, with room for the answer
+            prompts = RowCache(
+                model, len(order), int(prompt_lengths.max()) - offset, max_new_tokens
+            )
+        total, predictions, targets = labels.new_zeros((), dtype=torch.float32), [], []
+        losses, position_rows = [], []
+        first_scores: torch.Tensor | None = None
+        for group in _row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
+            rows = order[group]
+            width = int(filled[rows].any(0).nonzero().max()) + 1
+            part = {k: _rows_of(v, rows, width, ids.shape) for k, v in inputs.items()}
+            sliced = self._labelled_pass(model, part, True, shared, opening, keep_cache)
+            if sliced is None:
+                return super().labelled(model, inputs, generating, max_new_tokens)
+            scored, wanted = sliced
+            logits = scored.output.logits
+            part_keep = predicting(part["labels"])
+            if len(wanted):  # per position: each row's own loss for its predictions file
+                loss = nn.functional.cross_entropy(logits.float(), wanted, reduction="none")
+                total = total + loss.sum()
+                losses.append(loss)
+            predictions.append(logits.argmax(-1))
+            targets.append(wanted)
+            position_rows.append(rows.repeat_interleave(part_keep.sum(1)))
+            if prompts is not None and scored.cache is None:
+                prompts = None  # a group without keys and values: decoding encodes the prompts
+            elif prompts is not None:
+                prompts.add(group.start, scored.cache)
+                first_scores = _prompt_scores(first_scores, logits, part_keep, rows, prompt_lengths)
+            del sliced, scored, logits  # this group's keys and values are copied or unused
+        n = sum(per_row)
+        scored_prompts = None
+        if prompts is not None and prompts.cache is not None:
+            scored_prompts = ScoredPrompts(
+                prompts.cache, offset, opening, prompt_lengths, keep, order, first_scores
+            )
+        return LabelledOutputs(
+            total / n if n else None,
+            torch.cat(predictions),
+            torch.cat(targets),
+            torch.cat(position_rows),
+            torch.cat(losses) if losses else total.new_zeros(0),
+            scored_prompts,
+        )
+
+    def generate(
+        self,
+        answers: GreedyAnswers,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        eos: list[int],
+        pad_id: int,
+        tokenizer: Any = None,
+        prompts: Any = None,
+        predictions: torch.Tensor | None = None,
+        row_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Greedy answers from ftlight's decoder (``speed.decode``), continuing from the
+        scoring pass's keys and values when it kept them (``prompts``: ``ScoredPrompts``)."""
+        if not self.plan.decode:
+            return super().generate(
+                answers, model, input_ids, attention_mask, max_new_tokens, eos, pad_id, tokenizer
+            )
+        prompted = None
+        if isinstance(prompts, ScoredPrompts) and predictions is not None and row_ids is not None:
+            prompted = prompts.prompted(predictions, row_ids, input_ids, attention_mask)
+        return fast_greedy(
+            answers, model, input_ids, attention_mask, max_new_tokens, eos, pad_id, prompted,
+            tokenizer,
+        )  # fmt: skip
+
+
+@torch.no_grad()
+def fast_greedy(
+    answers: GreedyAnswers,
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos: list[int],
+    pad_id: int,
+    prompted: Prompted | None = None,
+    tokenizer: Any = None,
+) -> torch.Tensor:
+    """The ``(rows, steps)`` new tokens for left-padded prompts, as greedy ``generate`` gives
+    each prompt alone under ``answers``' settings, from ftlight's cached decoder where it
+    applies (logits processors only; a key/value cache; within a sliding window), else from
+    ``model.generate``. ``prompted``: the prompts already encoded."""
+    config = answers.config(model)
+    slow = generate_only(config)
+    if not can_decode(model):
+        slow = slow or ["a model without a key/value cache interface"]
+    window = cascade.attention_window(model)
+    if window is not None and input_ids.shape[1] + max_new_tokens > window:
+        slow = slow or [
+            f"prompts and answers longer than the model's sliding attention window ({window} "
+            "tokens)"
+        ]
+    if slow:
+        answers.note(slow)
+        return answers.generate(
+            model, input_ids, attention_mask, max_new_tokens, eos, pad_id, tokenizer, config
+        )
+    prompts = [row[keep] for row, keep in zip(input_ids, attention_mask.bool(), strict=True)]
+    steps = [processors(config, len(p), max_new_tokens, eos) for p in prompts]
+    if not any(steps):
+        prompts, steps = [], []  # plain argmax
+    elif prompted is not None and prompted.scores is None:
+        prompted = None  # the first step needs the prompts' scores, not just their argmax
+    return greedy_decode(
+        model,
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        eos,
+        pad_id,
+        prompted=prompted,
+        processors=list(zip(prompts, steps, strict=True)) or None,
+    )
+
+
+def _shared_length(inputs: dict[str, Any], keep: torch.Tensor) -> int:
+    """The opening every row shares, where a pass may run it once (else 0)."""
+    if not set(inputs) - {"labels"} <= PLAIN_INPUTS:
+        return 0
+    return shared_prefix_length(inputs["input_ids"], inputs.get("attention_mask"), keep)
+
+
+def _row_groups(counts: list[int], limit: int) -> list[slice]:
+    """Consecutive groups of rows whose ``counts`` add up to at most ``limit`` (a row over
+    the limit alone)."""
+    groups, start, held = [], 0, 0
+    for i, count in enumerate(counts):
+        if i > start and held + count > limit:
+            groups.append(slice(start, i))
+            start, held = i, 0
+        held += count
+    groups.append(slice(start, len(counts)))
+    return groups
+
+
+def _prompt_scores(
+    scores: torch.Tensor | None,
+    logits: torch.Tensor,
+    keep: torch.Tensor,
+    rows: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+) -> torch.Tensor:
+    """``scores`` (batch rows, vocabulary; made on first use) with the float32 logits at the
+    last prompt position of ``rows`` filled in from a pass that projected ``keep``."""
+    if scores is None:
+        scores = logits.new_zeros((len(prompt_lengths), logits.shape[-1]), dtype=torch.float32)
+    at = (keep.flatten().cumsum(0) - 1).view_as(keep)  # each kept position's row in ``logits``
+    last = (prompt_lengths[rows] - 1).clamp(min=0)
+    lines = torch.arange(len(rows), device=keep.device)
+    made = keep[lines, last]
+    scores[rows[made]] = logits[at[lines, last][made]].float()
+    return scores
+
+
+def _prompt_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """``(rows,)``: where each row's last reply (its last run of labels) starts; 0 for a row
+    without labels."""
+    labelled = labels != IGNORE_INDEX
+    starts = labelled.clone()
+    starts[:, 1:] &= ~labelled[:, :-1]
+    columns = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+    return torch.where(starts, columns, 0).amax(1)
+
+
+def _rows_of(value: Any, rows: torch.Tensor, width: int, shape: torch.Size) -> Any:
+    """``rows`` of a batch input; a per-token one cut to its first ``width`` columns."""
+    if not torch.is_tensor(value):
+        return value
+    if value.shape[:2] == shape:
+        return value[rows, :width]
+    return value[rows]
