@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from ftlight.measure.throughput import real_tokens as count_real_tokens
 from ftlight.speed.allocator import preload_command
-from ftlight.speed.throughput import real_tokens as count_real_tokens
 
 IGNORE_INDEX = -100
 RESULT_PREFIX = "BENCH_JSON: "

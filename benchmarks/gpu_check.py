@@ -11,7 +11,7 @@ strategies, without an index. Then, each step in its own process with its own ti
 
 1. ``pytest -m gpu``: training in bf16 on CUDA, QLoRA's CUDA kernels, a resume on the GPU;
 2. a job shaped like the default run (SmolLM2-135M's shape with random weights, the demo
-   tickets, LoRA, bf16) through ``python -m ftlight.train``: its time, memory and scores;
+   tickets, LoRA, bf16) through ``python -m ftlight``: its time, memory and scores;
 3. the same job with ``strategy=qlora``;
 4. the same job with every speed switch off, against the job of step 2: the training losses;
 5. ``benchmarks/throughput.py``: ftlight against the HF Trainer on Llama-3.2-1B's shape with
@@ -61,13 +61,13 @@ PLAIN = ["speed=plain"]
 
 
 def _job(gpu: bool, steps: int, run_dir: Path, *extra: str) -> list[str]:
-    """A ``python -m ftlight.train`` command shaped like the default run."""
+    """A ``python -m ftlight`` command shaped like the default run."""
     device = ["trainer=gpu", "trainer.precision=bf16-mixed"] if gpu else ["trainer=cpu"]
     shape = SMOLLM2_SHAPE if gpu else ["model=tiny-llama"]
     return [
         sys.executable,
         "-m",
-        "ftlight.train",
+        "ftlight",
         *shape,
         *device,
         "data=demo",

@@ -8,7 +8,7 @@ Both systems train the same model (``model=``), on the same training rows and he
 of the demo classification task (``experiment=demo-classify``), for the same optimizer steps,
 batch size and peak learning rate, each seed in its own process:
 
-- ``ftlight``: ``python -m ftlight.train`` with ftlight's defaults (schedule, warm-up, batch
+- ``ftlight``: ``python -m ftlight`` with ftlight's defaults (schedule, warm-up, batch
   order, the automatic precision under ``--precision auto``); the score is ``metrics.json``'s
   ``after.accuracy``;
 - ``hf_trainer``: the model loaded with ``AutoModelForSequenceClassification``, the rows
@@ -149,9 +149,9 @@ def examples(cfg: Any) -> dict[str, list[tuple[str, str | None, str]]]:
 
 # -- 1. ftlight, through its command line ----------------------------------------------------
 def run_ftlight(opts: argparse.Namespace, seed: int, log_path: Path) -> dict[str, Any]:
-    """``python -m ftlight.train`` in its own process; the scores from its metrics.json."""
+    """``python -m ftlight`` in its own process; the scores from its metrics.json."""
     with tempfile.TemporaryDirectory(prefix="paired-ftlight-") as run_dir:
-        cmd = [sys.executable, "-m", "ftlight.train", *overrides(opts, seed)]
+        cmd = [sys.executable, "-m", "ftlight", *overrides(opts, seed)]
         cmd.append(f"hydra.run.dir={run_dir}")
         if opts.threads:
             cmd = ["env", f"OMP_NUM_THREADS={opts.threads}", *cmd]

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from ftlight.build import build_run
-    from ftlight.speed.mfu import peak_flops
+    from ftlight.measure.hardware import peak_flops
 
     device = pick_device(opts.device)
     peak = peak_flops(device, None if opts.precision == "bf16" else torch.float32)

@@ -35,9 +35,10 @@ FORMULAS = (
     "per-step rate = real tokens in the step / step seconds (end of previous step to end of "
     "this one: data loading, hooks and logging included); aggregate = timed real tokens / "
     "timed seconds; real tokens = attention_mask.sum() (packed rows: positions before the pad "
-    "tail); MFU = aggregate tok/s x ftlight.speed.mfu.flops_per_token(total, trainable) "
-    "[= 4*total + 2*trainable] / ftlight.speed.mfu.peak_flops(device) [measured matmul peak in "
-    "the run's precision; the highest of the parent's and each system process's measurements]"
+    "tail); MFU = aggregate tok/s x ftlight.measure.mfu.flops_per_token(total, trainable) "
+    "[= 4*total + 2*trainable] / ftlight.measure.hardware.peak_flops(device) [measured matmul "
+    "peak in the run's precision; the highest of the parent's and each system process's "
+    "measurements]"
 )
 
 
@@ -82,7 +83,7 @@ def child_main(opts: argparse.Namespace) -> None:
     import torch
     from bench_systems import SYSTEMS
 
-    from ftlight.speed.mfu import peak_flops
+    from ftlight.measure.hardware import peak_flops
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -160,7 +161,7 @@ def best_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def add_derived(results: dict[str, dict[str, Any]], peak: float) -> None:
     """MFU per system and ftlight's throughput ratio to each other system."""
-    from ftlight.speed.mfu import flops_per_token
+    from ftlight.measure.mfu import flops_per_token
 
     for res in results.values():
         s = res.get("summary") or {}
@@ -211,7 +212,7 @@ def parent_main(opts: argparse.Namespace) -> int:
     """Run each system in a child process, then print and save the comparison."""
     import torch
 
-    from ftlight.speed.mfu import peak_flops
+    from ftlight.measure.hardware import peak_flops
 
     if opts.threads:  # measure the peak with the threads the systems will use
         torch.set_num_threads(opts.threads)

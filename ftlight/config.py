@@ -15,7 +15,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
-from ftlight.speed.hardware import cpu_bf16_pays
+from ftlight.measure.hardware import cpu_bf16_pays
 from ftlight.strategies.registry import conf_packages
 
 CONF_DIR = str(files("ftlight.conf"))

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
-from ftlight.errors import ConfigError, TrainingError
+from ftlight.errors import ConfigError
 from ftlight.resume import rank_rng_states, restore_rng_state, rng_state_of_rank
-from ftlight.speed.attention import attention_kernel, check_kernel, choose_kernel, grouped_kv
+from ftlight.speed.attention import attention_kernel, check_kernel, grouped_kv, step_kernel
 from ftlight.speed.calls import model_calls
 from ftlight.speed.gated import recompute_gated_activations
 from ftlight.speed.lowp import cast_frozen_linears
@@ -23,7 +23,7 @@ from ftlight.speed.plan import SpeedPlan
 from ftlight.speed.report import speed_line
 from ftlight.strategies.base import Strategy
 from ftlight.tasks.base import Task
-from ftlight.validate.sanity import non_finite_loss_message, parameter_sums
+from ftlight.validate.sanity import parameter_sums, stop_if_not_finite
 
 log = logging.getLogger("ftlight")
 
@@ -66,7 +66,6 @@ class FineTuneModule(L.LightningModule):
         if self.kernel_setting == "auto" and speed.compile:
             self.kernel_setting = "torch"  # compiled blocks are traced under PyTorch's choice
         self._step_kernel: str | None = None  # this step's choice, kept for its backward
-        self._heads: int | None = None  # the model's attention heads, looked up once
         #: dtype to keep frozen linear weights in (the autocast dtype), or None
         self.frozen_dtype = frozen_dtype if speed.frozen_bf16 else None
         self.frozen_cast = 0
@@ -161,7 +160,7 @@ class FineTuneModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """One micro-batch: the task's loss, logged without a host sync; a NaN or infinite
         loss stops the run."""
-        self._step_kernel = self._choose_kernel(batch)
+        self._step_kernel = step_kernel(self.kernel_setting, self.model, batch.get("input_ids"))
         with (
             attention_kernel(self._step_kernel),
             grouped_kv(self.device.type, self.speed.grouped_kv),
@@ -169,44 +168,12 @@ class FineTuneModule(L.LightningModule):
             loss = self.task.training_loss(
                 self.model, {k: batch[k] for k in MODEL_INPUTS if k in batch}
             )
-        self._stop_if_not_finite(loss, batch_idx)
+        stop_if_not_finite(self._trainer, loss, batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         if not getattr(self, "_speed_logged", False):  # what the first step chose, once a run
             self._speed_logged = True
             log.info("%s", speed_line(self))
         return loss
-
-    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """A NaN or infinite loss stops the run before its backward pass and optimizer step,
-        so no later checkpoint holds the weights it would give. Every rank decides together
-        (a rank that stopped alone would leave the others waiting in the gradient all-reduce)."""
-        trainer = self._trainer
-        finite = bool(torch.isfinite(loss.detach()).all())  # one host sync per micro-batch
-        if trainer is not None and trainer.world_size > 1:
-            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
-            return
-        lr = None
-        if trainer is not None and trainer.optimizers:
-            lr = float(trainer.optimizers[0].param_groups[0]["lr"])
-        checkpoint = getattr(trainer, "checkpoint_callback", None) if trainer else None
-        last = checkpoint and (checkpoint.last_model_path or checkpoint.best_model_path)
-        kept = (
-            f"The last checkpoint written before it is kept: {last}"
-            if last
-            else "No checkpoint had been written yet"
-        )
-        raise TrainingError(
-            non_finite_loss_message(
-                float(loss.detach().float().mean()),
-                int(trainer.global_step) if trainer else 0,
-                int(trainer.current_epoch) if trainer else 0,
-                batch_idx,
-                lr,
-                str(trainer.precision) if trainer else "32-true",
-                kept,
-            )
-        )
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Backward under the step's attention kernel (activation checkpointing recomputes
@@ -216,21 +183,6 @@ class FineTuneModule(L.LightningModule):
             grouped_kv(self.device.type, self.speed.grouped_kv),
         ):
             super().backward(loss, *args, **kwargs)
-
-    def _choose_kernel(self, batch: dict[str, Any]) -> str | None:
-        ids = batch.get("input_ids")
-        if ids is None or ids.dim() != 2:
-            return None
-        device = ids.device.type
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-        else:
-            dtype = getattr(self.model, "dtype", torch.float32)
-        if self._heads is None:
-            config = getattr(self.model, "config", None)
-            self._heads = getattr(config, "num_attention_heads", None) or 1
-        length = ids.shape[1]
-        return choose_kernel(self.kernel_setting, device, dtype, ids.shape[0], length, self._heads)
 
     def on_validation_model_eval(self) -> None:
         """Eval mode, then let the strategy fix up layers that must not switch (4-bit on CPU)."""

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shlex
 import shutil
 import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,41 +36,16 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ftlight.redact import MASK, masked_override
+from ftlight.requeue import REQUEUE_SIGNAL, on_slurm, requeue, requeue_signal, under_submitit
 from ftlight.resume import newest_checkpoint
 
 log = logging.getLogger("ftlight")
 
-REQUEUE_SIGNAL = signal.SIGUSR1
-"""The signal SLURM sends ahead of the time limit (``#SBATCH --signal=SIGUSR1@90``)."""
-
-SUBMITIT_SIGNAL_VARIABLE = "SUBMITIT_PREEMPT_SIGNAL"
-"""Names submitit's requeue signal (``USR2`` unless set)."""
-
 INTERRUPTED_CKPT = "interrupted.ckpt"
 """The checkpoint a signalled run writes into its checkpoint folder."""
-
-
-def on_slurm() -> bool:
-    """Whether this process is a task of a SLURM job step (``srun``), as Lightning sees it."""
-    return SLURMEnvironment.detect()
-
-
-def under_submitit() -> bool:
-    """Whether this process runs a job that submitit submitted to SLURM."""
-    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and on_slurm()
-
-
-def requeue_signal() -> signal.Signals:
-    """The signal that asks this SLURM job to checkpoint and requeue: submitit's in a job it
-    submitted, else ``REQUEUE_SIGNAL``."""
-    if under_submitit():
-        name = os.environ.get(SUBMITIT_SIGNAL_VARIABLE, "USR2")
-        return signal.Signals[f"SIG{name}" if not name.startswith("SIG") else name]
-    return REQUEUE_SIGNAL
 
 
 class RunInterrupted(Exception):
@@ -204,7 +177,7 @@ class Preemption(L.Callback):
         requeued = (
             on_slurm()
             and signum == requeue_signal()
-            and _requeue(trainer, self._previous.get(signum))
+            and requeue(trainer, self._previous.get(signum))
         )
         # stop at the next hook, once Lightning has logged this step (and run a validation
         # due now): the resumed run continues the log right after it
@@ -253,51 +226,6 @@ class Preemption(L.Callback):
         device = trainer.strategy.root_device
         agreed = trainer.strategy.reduce(torch.tensor(mine, device=device), reduce_op="max")
         return int(order[len(order) - int(agreed)]) if int(agreed) else 0
-
-
-def _requeue(trainer: L.Trainer, previous_handler: Any = None) -> bool:
-    """Requeue this SLURM job (rank 0): through submitit's handler in a job it submitted,
-    else ``scontrol requeue``. Whether it was requeued."""
-    if not trainer.is_global_zero:
-        return True
-    if under_submitit():
-        return _submitit_requeue(previous_handler)
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
-    try:
-        done = subprocess.run(
-            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.warning("could not requeue SLURM job %s (%s); resubmit it to resume", job, err)
-        return False
-    if done.returncode != 0:
-        log.warning(
-            "scontrol requeue %s failed (%s); resubmit the job to resume",
-            job,
-            done.stderr.strip() or f"status {done.returncode}",
-        )
-        return False
-    log.info("requeued SLURM job %s", job)
-    return True
-
-
-def _submitit_requeue(handler: Any) -> bool:
-    """Let submitit checkpoint and requeue its job, as its own handler of the requeue signal
-    would (``handler``, the one ``listening`` replaced): its ``checkpoint`` hook resubmits the
-    trial to resume, and it keeps count of time-limit requeues. Whether it requeued."""
-    owner = getattr(handler, "__self__", None)
-    if owner is None or not hasattr(owner, "checkpoint_and_try_requeue"):
-        log.warning("no submitit signal handler to requeue this job with; resubmit it to resume")
-        return False
-    try:
-        owner.checkpoint_and_try_requeue(int(requeue_signal()))
-    except SystemExit:  # submitit's handler ends the process once the job is requeued
-        return True
-    except Exception as err:  # over its requeue limit, or scontrol failed
-        log.warning("submitit did not requeue this job: %s", err)
-        return False
-    return True
 
 
 def find_preemption(trainer: L.Trainer) -> Preemption | None:

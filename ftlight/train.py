@@ -213,9 +213,3 @@ def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bo
         and trainer.check_val_every_n_epoch == 1
     )
 
-
-if __name__ == "__main__":
-    # `python -m ftlight.train`: the command, after the host allocator restart
-    from ftlight.cli.train import run_command
-
-    run_command()

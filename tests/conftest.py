@@ -142,7 +142,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Tr
 
 
 class CliRuns:
-    """``python -m ftlight.train`` calls running in the background; ``runs[name]`` waits for one.
+    """``python -m ftlight`` calls running in the background; ``runs[name]`` waits for one.
 
     ``root`` is their working directory; the ``train`` call writes its run into ``root/run``.
     """
@@ -155,7 +155,7 @@ class CliRuns:
         for name, args in calls.items():
             # files, not pipes: a pipe that nobody reads yet could fill up and stall the process
             with open(root / f"{name}.out", "w") as out, open(root / f"{name}.err", "w") as err:
-                cmd = [sys.executable, "-m", "ftlight.train", *args]
+                cmd = [sys.executable, "-m", "ftlight", *args]
                 self._procs[name] = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=err)
 
     def __getitem__(self, name: str) -> subprocess.CompletedProcess:
@@ -200,6 +200,6 @@ def _cli_in_background(
 
 @pytest.fixture(scope="session")
 def cli(_cli_in_background: CliRuns | None) -> CliRuns:
-    """The background ``python -m ftlight.train`` calls: ``help``, ``cfg_job``, ``train``."""
+    """The background ``python -m ftlight`` calls: ``help``, ``cfg_job``, ``train``."""
     assert _cli_in_background is not None
     return _cli_in_background

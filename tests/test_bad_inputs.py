@@ -2,7 +2,7 @@
 bad value and the fix, before any model weights load, and nothing the run folder already held
 changes.
 
-Rows run ``train(cfg)`` in this process; two also run ``python -m ftlight.train`` to check the
+Rows run ``train(cfg)`` in this process; two also run ``python -m ftlight`` to check the
 exit status (2), that the message reaches stderr, and that no traceback is printed.
 """
 
@@ -445,7 +445,7 @@ CLI_CASES = {
 def test_command_line_exits_2_with_the_message_on_stderr(
     name: str, finished_run: Path, tmp_path: Path, ftlight_cache: Path
 ) -> None:
-    """``python -m ftlight.train`` resuming a finished run with one bad option."""
+    """``python -m ftlight`` resuming a finished run with one bad option."""
     override, expected = CLI_CASES[name]
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -457,7 +457,7 @@ def test_command_line_exits_2_with_the_message_on_stderr(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FTLIGHT_CACHE": str(ftlight_cache)}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "ftlight.train", *args],
+        [sys.executable, "-m", "ftlight", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,

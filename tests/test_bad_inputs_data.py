@@ -121,7 +121,7 @@ def test_misleading_data_is_refused_on_the_command_line(
     values = {"tmp": str(tmp_path), "looping": str(looping)}
     args = [*BASE, *SETUPS[setup], *_quick(setup), f"hydra.run.dir={tmp_path / 'run'}"]
     args += [o.format(**values) for o in overrides]
-    proc = _run("ftlight.train", args, tmp_path, ftlight_cache)
+    proc = _run("ftlight", args, tmp_path, ftlight_cache)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     for text in says:
         assert text in proc.stderr
@@ -150,7 +150,7 @@ def test_copies_and_label_spellings_are_reported_in_the_log_and_metrics(
     run = tmp_path / "run"
     args = [*BASE, *SETUPS["tiny-bert"], *_quick("tiny-bert"), f"hydra.run.dir={run}"]
     args += [f"data.train_path={tmp_path / 'train.tsv'}", f"data.val_path={tmp_path / 'val.tsv'}"]
-    proc = _run("ftlight.train", args, tmp_path, ftlight_cache)
+    proc = _run("ftlight", args, tmp_path, ftlight_cache)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = proc.stdout + proc.stderr
     assert (

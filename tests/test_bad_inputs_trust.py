@@ -103,7 +103,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str
     root = tmp_path_factory.mktemp("trust")
     data = _data(root)
     args = ["model=tiny-bert", "task=classification", *data, *QUICK, f"hydra.run.dir={root}/run"]
-    proc = _cli("ftlight.train", *args, cwd=root)
+    proc = _cli("ftlight", *args, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "run", data
 

@@ -334,7 +334,7 @@ def test_a_real_sweep_writes_its_comparison(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     args = [
-        *(sys.executable, "-m", "ftlight.train", "-m", "experiment=tiny-sweep"),
+        *(sys.executable, "-m", "ftlight", "-m", "experiment=tiny-sweep"),
         f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
         f"hydra.sweep.dir={sweep}",
     ]

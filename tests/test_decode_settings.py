@@ -16,8 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from ftlight.errors import ConfigError
-from ftlight.speed.calls import FastCalls, fast_greedy
-from ftlight.speed.decode import greedy_decode
+from ftlight.speed.calls import FastCalls
+from ftlight.speed.decode import fast_greedy, greedy_decode
 from ftlight.tasks import CausalLMTask
 from ftlight.tasks.generation import GreedyAnswers
 
@@ -288,7 +288,7 @@ def test_a_bad_override_is_refused_on_the_command_line(tmp_path, ftlight_cache) 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FTLIGHT_CACHE": str(ftlight_cache)}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "ftlight.train", *args, "task.generation.repetition_penalty=-2"],
+        [sys.executable, "-m", "ftlight", *args, "task.generation.repetition_penalty=-2"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -20,7 +20,7 @@ def _run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
-        "ftlight.train",
+        "ftlight",
         "model=tiny-llama",
         "data=local",
         f"data.train_path={FIXTURES / 'alpaca_train.jsonl'}",

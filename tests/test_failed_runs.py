@@ -34,10 +34,10 @@ def _steps_per_epoch() -> int:
 
 
 def _start(root: Path, name: str, args: list[str], cache: Path) -> subprocess.Popen:
-    """``python -m ftlight.train`` into ``root/name``, in the background."""
+    """``python -m ftlight`` into ``root/name``, in the background."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FTLIGHT_CACHE": str(cache)}
     env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [sys.executable, "-m", "ftlight.train", *BASE, *SETUPS["tiny-llama"], *QUICK, *args]
+    cmd = [sys.executable, "-m", "ftlight", *BASE, *SETUPS["tiny-llama"], *QUICK, *args]
     cmd.append(f"hydra.run.dir={root / name}")
     out, err = (open(root / f"{name}.{ext}", "w") for ext in ("out", "err"))
     with out, err:
@@ -111,7 +111,7 @@ def test_early_stopping_and_best_weights_on_the_command_line(cli_runs) -> None:
 def _fit_val_losses(result) -> list[tuple[int, float]]:
     """The validations during the fit (the monitor also records the before and after passes,
     at the first and the last step)."""
-    from ftlight.speed.throughput import ThroughputMonitor
+    from ftlight.measure.throughput import ThroughputMonitor
 
     monitor = next(c for c in result.trainer.callbacks if isinstance(c, ThroughputMonitor))
     return monitor.val_losses[1:-1]

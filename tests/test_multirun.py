@@ -25,7 +25,7 @@ def _sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         "TOKENIZERS_PARALLELISM": "false",
         "WANDB_MODE": "disabled",
     }
-    cmd = [sys.executable, "-m", "ftlight.train", "-m", *setup_overrides("tiny-llama"), *QUICK]
+    cmd = [sys.executable, "-m", "ftlight", "-m", *setup_overrides("tiny-llama"), *QUICK]
     cmd += [*overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     # in its own folder: a rank that ran the sweep again would leave runs/ or outputs/ there
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

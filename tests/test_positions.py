@@ -30,7 +30,7 @@ QUICK = [
 def _train(tmp_path: Path, name: str, *overrides: str) -> subprocess.CompletedProcess[str]:
     cache = tmp_path / "cache"
     command = [
-        *(sys.executable, "-m", "ftlight.train"),
+        *(sys.executable, "-m", "ftlight"),
         *zoo_overrides(name, cache / "zoo"),
         *QUICK,
         f"run_dir={tmp_path / 'run'}",

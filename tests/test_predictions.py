@@ -30,7 +30,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained(tiny_chat_llama, tmp_path_factory, ftlight_cache) -> Path:
-    """``python -m ftlight.train`` on a model whose generation_config sets a repetition
+    """``python -m ftlight`` on a model whose generation_config sets a repetition
     penalty and a no-repeat n-gram size, with a few-shot baseline and the export."""
     root = tmp_path_factory.mktemp("predictions")
     model_dir = root / "model"
@@ -46,7 +46,7 @@ def trained(tiny_chat_llama, tmp_path_factory, ftlight_cache) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FTLIGHT_CACHE": str(ftlight_cache)}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "ftlight.train", *args],
+        [sys.executable, "-m", "ftlight", *args],
         cwd=root,
         env=env,
         capture_output=True,

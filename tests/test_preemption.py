@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from ftlight.loggers import CSVLogger
+from ftlight.measure.hardware import peak_flops
 from ftlight.preemption import RunInterrupted
 from ftlight.resume import newest_checkpoint, resolve_ckpt_path
-from ftlight.speed.mfu import peak_flops
 from ftlight.testing import setup_overrides
 
 # Two batches an epoch (16 rows, batch 8), a constant rate: the same schedule however the
@@ -254,7 +254,7 @@ def test_sigterm_checkpoints_exits_non_zero_and_says_how_to_resume(tmp_path: Pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ftlight.train", *base, *pause], stdout=out, stderr=err, env=env
+            [sys.executable, "-m", "ftlight", *base, *pause], stdout=out, stderr=err, env=env
         )
     deadline = time.monotonic() + 300
     while not Path(f"{marker}.0").exists():
@@ -273,7 +273,7 @@ def test_sigterm_checkpoints_exits_non_zero_and_says_how_to_resume(tmp_path: Pat
     assert "Resume with: " in (run_dir / "ftlight.log").read_text()
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "ftlight.train", *command[1:]],
+        [sys.executable, "-m", "ftlight", *command[1:]],
         capture_output=True,
         text=True,
         env=env,
@@ -306,7 +306,8 @@ class _SubmititHandler:
 def test_under_submitit_its_signal_wins_and_its_handler_requeues(monkeypatch) -> None:
     """SLURM sends SIGTERM with submitit's SIGUSR2 when it preempts; submitit's requeue (its
     ``checkpoint`` hook resubmits the trial with ckpt_path=auto) must win, from its handler."""
-    from ftlight.preemption import Preemption, _submitit_requeue, requeue_signal
+    from ftlight.preemption import Preemption
+    from ftlight.requeue import requeue_signal, submitit_requeue
 
     for name, value in SLURM_TASK.items():
         monkeypatch.setenv(name, value)
@@ -330,9 +331,9 @@ def test_under_submitit_its_signal_wins_and_its_handler_requeues(monkeypatch) ->
             assert handler.calls == []
         assert signal.getsignal(signal.SIGUSR2) == handler.checkpoint_and_try_requeue
         # at the step boundary, rank 0 hands the requeue to the handler listening() replaced
-        assert _submitit_requeue(stop._previous[signal.SIGUSR2]) is True
+        assert submitit_requeue(stop._previous[signal.SIGUSR2]) is True
         assert handler.calls == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    assert _submitit_requeue(_SubmititHandler(requeues=False).checkpoint_and_try_requeue) is False
-    assert _submitit_requeue(signal.SIG_DFL) is False  # not submitit's: nothing to requeue with
+    assert submitit_requeue(_SubmititHandler(requeues=False).checkpoint_and_try_requeue) is False
+    assert submitit_requeue(signal.SIG_DFL) is False  # not submitit's: nothing to requeue with

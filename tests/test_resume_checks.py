@@ -44,7 +44,7 @@ def _train(tmp_path: Path, run: str, *overrides: str) -> subprocess.CompletedPro
         "WANDB_MODE": "disabled",
         "FTLIGHT_CACHE": str(tmp_path / "cache"),
     }
-    cmd = [sys.executable, "-m", "ftlight.train", *RUN, f"hydra.run.dir={tmp_path / run}"]
+    cmd = [sys.executable, "-m", "ftlight", *RUN, f"hydra.run.dir={tmp_path / run}"]
     return subprocess.run([*cmd, *overrides], env=env, capture_output=True, text=True, timeout=600)
 
 

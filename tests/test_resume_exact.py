@@ -41,7 +41,7 @@ def _rows(path: Path) -> Path:
 
 def _command(tmp_path: Path, run: str, *overrides: str) -> list[str]:
     return [
-        *(sys.executable, "-m", "ftlight.train", *setup_overrides("tiny-llama")),
+        *(sys.executable, "-m", "ftlight", *setup_overrides("tiny-llama")),
         f"data.train_path={_rows(tmp_path / 'train.jsonl')}",
         "data.batch_size=2",  # 12 batches an epoch, 6 per rank
         "strategy=lora",

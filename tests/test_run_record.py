@@ -25,7 +25,7 @@ LOCK_REFUSED = "another run is writing into"
 
 
 def _start(tmp_path: Path, run_dir: Path | None, *overrides: str) -> subprocess.Popen:
-    """``python -m ftlight.train`` into ``run_dir`` (None: a sweep; ``overrides`` say where),
+    """``python -m ftlight`` into ``run_dir`` (None: a sweep; ``overrides`` say where),
     its temporary files in ``tmp_path/tmp``."""
     (tmp_path / "tmp").mkdir(exist_ok=True)
     env = {
@@ -37,7 +37,7 @@ def _start(tmp_path: Path, run_dir: Path | None, *overrides: str) -> subprocess.
     }
     env.pop("HYDRA_FULL_ERROR", None)
     flags = [o for o in overrides if o.startswith("-")]  # before the overrides, for argparse
-    cmd = [sys.executable, "-m", "ftlight.train", *flags, *QUICK]
+    cmd = [sys.executable, "-m", "ftlight", *flags, *QUICK]
     cmd += [o for o in overrides if not o.startswith("-")]
     cmd += [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
     return subprocess.Popen(

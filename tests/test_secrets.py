@@ -109,7 +109,7 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "+notes.api_key=${oc.env:FTLIGHT_TEST_KEY}",
         f"hydra.run.dir={root / 'run'}",
     ]
-    cmd = [sys.executable, "-m", "ftlight.train", *args]
+    cmd = [sys.executable, "-m", "ftlight", *args]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "run"
@@ -235,7 +235,7 @@ def test_a_sweep_writes_no_secret(tmp_path) -> None:
         "+notes.access_token=${oc.env:FTLIGHT_TEST_KEY}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    cmd = [sys.executable, "-m", "ftlight.train", *args]
+    cmd = [sys.executable, "-m", "ftlight", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
@@ -273,7 +273,7 @@ def test_the_resume_hint_names_the_secret_without_its_value(tmp_path) -> None:
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(tmp_path / "err", "w") as err:
-        cmd = [sys.executable, "-m", "ftlight.train", *args]
+        cmd = [sys.executable, "-m", "ftlight", *args]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     deadline = time.monotonic() + 300
     while not Path(f"{marker}.0").exists():

@@ -259,7 +259,7 @@ def test_a_sweep_runs_a_job_per_trial_and_requeued_trials_resume(
     }
     env.pop("FTLIGHT_WANDB_ID", None)
     cmd = [
-        *(sys.executable, "-m", "ftlight.train", "-m", "hydra/launcher=slurm", "trainer=ddp"),
+        *(sys.executable, "-m", "ftlight", "-m", "hydra/launcher=slurm", "trainer=ddp"),
         *("trainer.num_nodes=2", "strategy.r=4,8", *RUN, "logger=wandb"),
         *("hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"),
         "+callbacks.pause._target_=ftlight.testing.PauseAtStep",

@@ -124,7 +124,7 @@ def test_each_trial_of_a_sweep_logs_its_own_wandb_run(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     env.pop("FTLIGHT_WANDB_ID", None)
-    cmd = [sys.executable, "-m", "ftlight.train", "-m", *setup_overrides("tiny-llama")]
+    cmd = [sys.executable, "-m", "ftlight", "-m", *setup_overrides("tiny-llama")]
     cmd += [
         "logger=wandb",
         "strategy.r=4,8",

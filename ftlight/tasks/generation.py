@@ -5,7 +5,7 @@ Instruct ships a repetition penalty of 1.05). ``model.generate(do_sample=False)`
 them, so evaluation and ``ftlight-generate`` do too: ``GreedyAnswers`` holds the settings
 (the config with the run's ``task.generation`` overrides), ``processors`` builds
 transformers' public logits processors from them for the fast decoder
-(``ftlight.speed.calls.fast_greedy``), which hands the pass to ``model.generate`` where a
+(``ftlight.speed.decode.fast_greedy``), which hands the pass to ``model.generate`` where a
 setting asks for more than a processor (beam search, stop strings). Each prompt is processed
 as ``generate`` processes a prompt of its own: padding in a batch never changes an answer.
 """
@@ -173,7 +173,7 @@ def processors(
 class GreedyAnswers:
     """Greedy answers of a model as its ``generation_config`` (and ``overrides``) says: the
     decoding policy. ``generate`` decodes through ``model.generate``; the fast decoder
-    (``ftlight.speed.calls.fast_greedy``) gives the same answers with the same settings."""
+    (``ftlight.speed.decode.fast_greedy``) gives the same answers with the same settings."""
 
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         self.overrides = check_overrides(overrides)

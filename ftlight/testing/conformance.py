@@ -220,7 +220,7 @@ class StrategyConformance:
         cmd = [
             sys.executable,
             "-m",
-            "ftlight.train",
+            "ftlight",
             f"strategy={self.strategy}",
             *self.overrides,
             *[o for o in BASE if "progress_bar" not in o and not o.startswith("trainer=")],

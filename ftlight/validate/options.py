@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from ftlight.data.formats import get_format
 from ftlight.errors import ConfigError, ModelError
 from ftlight.optim import KINDS
-from ftlight.paths import cache_root
+from ftlight.paths import cache_root, looks_like_path
 from ftlight.speed.attention import KERNELS
 from ftlight.speed.plan import SWITCHES
 from ftlight.validate.common import ABSENT, select, show, target_class
@@ -222,18 +222,6 @@ def check_data(cfg: DictConfig) -> None:
                     f"eval.split=test, but the data has no test split (data.{key}={show(none)})"
                     f"; set data.{key}=<{what}>, or evaluate on eval.split=validation"
                 )
-
-
-def looks_like_path(value: str) -> bool:
-    """Whether a model reference is meant as a local folder rather than a Hub id (org/name)."""
-    text = str(value)
-    return (
-        text.startswith((".", "/", "~"))
-        or text.count("/") > 1  # a Hub id is name or org/name
-        or "\\" in text
-        or Path(text).expanduser().exists()
-        or ("/" in text and Path(text.split("/")[0]).is_dir())  # runs/<typo> next to runs/
-    )
 
 
 def check_model_path(cfg: DictConfig) -> None:

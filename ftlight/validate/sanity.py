@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ftlight.errors import ConfigError
+from ftlight.errors import ConfigError, TrainingError
 from ftlight.validate.common import ABSENT, select, show
 
 log = logging.getLogger("ftlight")
@@ -76,6 +76,39 @@ def check_warmup(cfg: DictConfig, data: Any) -> None:
 
 
 # -- during and after training ------------------------------------------------------------
+def stop_if_not_finite(trainer: Any, loss: torch.Tensor, batch_idx: int) -> None:
+    """Raise ``TrainingError`` when a training step's loss is NaN or infinite, before its
+    backward pass and optimizer step, so no later checkpoint holds the weights it would give.
+    Every rank decides together (a rank that stopped alone would leave the others waiting in
+    the gradient all-reduce). ``trainer``: the Lightning trainer, or None outside a fit."""
+    finite = bool(torch.isfinite(loss.detach()).all())  # one host sync per micro-batch
+    if trainer is not None and trainer.world_size > 1:
+        finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+    if finite:
+        return
+    lr = None
+    if trainer is not None and trainer.optimizers:
+        lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+    checkpoint = getattr(trainer, "checkpoint_callback", None) if trainer else None
+    last = checkpoint and (checkpoint.last_model_path or checkpoint.best_model_path)
+    kept = (
+        f"The last checkpoint written before it is kept: {last}"
+        if last
+        else "No checkpoint had been written yet"
+    )
+    raise TrainingError(
+        non_finite_loss_message(
+            float(loss.detach().float().mean()),
+            int(trainer.global_step) if trainer else 0,
+            int(trainer.current_epoch) if trainer else 0,
+            batch_idx,
+            lr,
+            str(trainer.precision) if trainer else "32-true",
+            kept,
+        )
+    )
+
+
 def non_finite_loss_message(
     loss: float, step: int, epoch: int, batch: int, lr: float | None, precision: str, kept: str
 ) -> str:

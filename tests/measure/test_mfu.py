@@ -8,13 +8,14 @@ import time
 import pytest
 import torch
 
-import ftlight.speed.mfu as perf
+import ftlight.measure.hardware as perf
+from ftlight.measure.mfu import flops_per_token
 
 
 def test_flops_per_token_counts_weight_gradients_only_for_trainable_parameters() -> None:
-    assert perf.flops_per_token(100, 100) == 600  # full fine-tuning: 6N
-    assert perf.flops_per_token(100, 0) == 400  # frozen: forward and input gradients
-    assert perf.flops_per_token(136_957_248, 2_442_240) == 4 * 136_957_248 + 2 * 2_442_240
+    assert flops_per_token(100, 100) == 600  # full fine-tuning: 6N
+    assert flops_per_token(100, 0) == 400  # frozen: forward and input gradients
+    assert flops_per_token(136_957_248, 2_442_240) == 4 * 136_957_248 + 2 * 2_442_240
 
 
 def test_peak_is_measured_once_and_a_remeasurement_keeps_the_higher(monkeypatch) -> None:
@@ -61,7 +62,7 @@ def test_peak_flops_picks_a_dtype_and_caches_per_dtype(monkeypatch, dtype) -> No
     monkeypatch.setattr(perf, "_measured_peak", lambda t, i, d: seen.append(d) or 1e12)
     monkeypatch.setattr(perf, "_BEST", {})
     perf.peak_flops(torch.device("cpu"), dtype)
-    from ftlight.speed.hardware import cpu_has_fast_bf16
+    from ftlight.measure.hardware import cpu_has_fast_bf16
 
     expected = dtype or (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
     assert seen == [expected]
@@ -77,7 +78,7 @@ def test_measuring_the_peak_leaves_the_runs_random_stream_alone() -> None:
 
 
 def test_a_cpu_capped_below_bf16_counts_as_one_without(monkeypatch) -> None:
-    from ftlight.speed.hardware import cpu_has_fast_bf16
+    from ftlight.measure.hardware import cpu_has_fast_bf16
 
     cpu_has_fast_bf16.cache_clear()
     try:
@@ -98,7 +99,7 @@ def test_a_cpu_capped_below_bf16_counts_as_one_without(monkeypatch) -> None:
     ],
 )
 def test_mfu_is_measured_against_the_runs_own_precision(precision: str, dtype) -> None:
-    from ftlight.speed.throughput import compute_dtype
+    from ftlight.measure.throughput import compute_dtype
 
     assert compute_dtype(precision) == dtype
 
@@ -116,7 +117,7 @@ def test_cpu_precision_follows_the_measured_matmul_peaks(
     monkeypatch, flags: bool, bf16: float, fp32: float, chosen: str
 ) -> None:
     from ftlight.config import best_precision
-    from ftlight.speed import hardware
+    from ftlight.measure import hardware
 
     measured = []
 

@@ -12,7 +12,8 @@ import lightning as L
 import torch
 
 from ftlight.data.encode import IGNORE_INDEX
-from ftlight.speed.mfu import flops_per_token, peak_flops
+from ftlight.measure.hardware import peak_flops
+from ftlight.measure.mfu import flops_per_token
 
 REMEASURE_AFTER_S = 30.0
 """Timed training at least this long measures the matmul peak again at its end."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ftlight.data.collate import PackCollator, PadCollator
-from ftlight.speed.throughput import ThroughputMonitor, real_tokens
+from ftlight.measure.throughput import ThroughputMonitor, real_tokens
 
 ROWS = [
     {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
@@ -64,7 +64,7 @@ def _steps(monitor, module, first: int, last: int, tokens: int = 10) -> None:
 def test_a_resumed_monitor_reports_the_whole_run(monkeypatch) -> None:
     """A checkpoint carries the loss history and the figures so far; the resumed attempt times
     from its own warm-up (counted from the step it resumed at) and adds up both attempts."""
-    import ftlight.speed.throughput as throughput
+    import ftlight.measure.throughput as throughput
 
     monkeypatch.setattr(throughput, "peak_flops", lambda device, dtype=None, **kwargs: 1e12)
     module = _Module()
