@@ -1,0 +1,1 @@
+"""Serving what a run trained: GGUF (llama.cpp), Ollama, merged and adapter exports."""
