@@ -16,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 
 from ftlight.build import build_run
 from ftlight.config import CONF_DIR, literal, register
-from ftlight.errors import FtlightError, ModelError
+from ftlight.errors import ConfigError, FtlightError, ModelError
 from ftlight.export import find_model_dir
 from ftlight.validate import looks_like_path
 
@@ -79,6 +79,44 @@ def evaluate_model(
         return run.evaluate(split, phase=split if predictions else None, folder=predictions)
 
 
+def evaluate_gguf(
+    path: Path, run: Path | None, overrides: list[str]
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """A GGUF file (or each GGUF of an export folder) scored through ``llama-server`` on its
+    run's evaluation prompts: the table beside the run's ``after`` column, and the scores."""
+    from ftlight.serve import parity
+
+    files = sorted(path.glob("*.gguf")) if path.is_dir() else [path]
+    files = [f for f in files if not f.name.startswith("adapter-")]
+    if not files:
+        raise ModelError(f"{path} holds no .gguf file; export one with ftlight-export --to gguf")
+    if overrides:
+        raise ConfigError(
+            f"ftlight-eval {path}: a GGUF is scored on the prompts of its run's evaluation "
+            f"(predictions/after.jsonl), so {' '.join(overrides)} would change nothing; drop "
+            "the overrides, or score the merged model (the run folder) on other data"
+        )
+    run = run or _run_of(files[0])
+    scores = {f.stem.removeprefix("model-"): parity.score_gguf(f, run) for f in files}
+    return parity.table(parity.after_metrics(run), scores), scores
+
+
+def _run_of(gguf: Path) -> Path:
+    """The run folder of ``<run>/export/<format>/<file>.gguf``."""
+    run = gguf.resolve().parent.parent.parent
+    if gguf.resolve().parent.parent.name != "export" or not (run / "predictions").is_dir():
+        raise ModelError(
+            f"{gguf} is not inside a run folder's export/<format>/: pass the run it came from "
+            "with --run <run folder>"
+        )
+    return run
+
+
+def _is_gguf(model: str) -> bool:
+    path = Path(model).expanduser()
+    return path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf")))
+
+
 def _read_object(path: Path) -> dict[str, Any]:
     """A model folder's JSON file, which must hold an object."""
     try:
@@ -137,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Evaluate a model with ftlight's metrics. Overrides are Hydra-style, as for "
         "ftlight-train: e.g. data=local data.val_path=val.jsonl data.format=alpaca",
     )
-    parser.add_argument("model", help="run folder, exported model folder, or Hub id")
+    parser.add_argument(
+        "model",
+        help="run folder, exported model folder, Hub id, or a GGUF file (or export folder) "
+        "to score through llama-server on its run's evaluation prompts",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides (data=..., task=...)")
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
     parser.add_argument("--json", dest="json_out", default=None, help="also write metrics here")
@@ -148,8 +190,23 @@ def main(argv: list[str] | None = None) -> None:
         help="folder for <split>.jsonl: each row's prompt, answer and scores (default: "
         "predictions/ beside --json)",
     )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="the run a GGUF came from (default: the run folder the file's export folder is in)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    if _is_gguf(args.model):
+        try:
+            text, scores = evaluate_gguf(Path(args.model).expanduser(), args.run, args.overrides)
+        except FtlightError as err:
+            parser.exit(2, f"ftlight-eval: {err}\n")
+        print(text)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(scores, indent=2) + "\n")
+        return
     try:
         rows = args.predictions
         if rows is None and args.json_out:
