@@ -74,6 +74,8 @@ class Tokens:
 
     add_bos: bool
     add_eos: bool
+    #: whether a text's first word is read as if a space came before it (SentencePiece)
+    space_prefix: bool
     #: every token the run's decoding stops at (the tokenizer's end and the generation
     #: config's), as text, the tokenizer's end first
     ends: tuple[str, ...]
@@ -91,7 +93,10 @@ def run_tokens(model_dir: Path) -> Tokens:
     for i in extra if isinstance(extra, list) else [extra]:
         if isinstance(i, int) and i not in ends:
             ends.append(i)
+    bare = tok("a", add_special_tokens=False).input_ids
     return Tokens(
+        space_prefix=bare == tok(" a", add_special_tokens=False).input_ids
+        and not _chat_starts_special(tok),
         add_bos=tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id],
         add_eos=tok.eos_token_id is not None and len(ids) > 1 and ids[-1] == tok.eos_token_id,
         ends=tuple(tok.convert_ids_to_tokens(ends)),
@@ -99,13 +104,25 @@ def run_tokens(model_dir: Path) -> Tokens:
     )
 
 
+def _chat_starts_special(tok: Any) -> bool:
+    """Whether a chat prompt starts with a special token. llama.cpp then still puts the
+    SentencePiece space before the text that follows it, where transformers puts none: the
+    run's prompts are chat prompts, so the file must not add it."""
+    if not getattr(tok, "chat_template", None):
+        return False
+    text = tok.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False)
+    ids = tok(text, add_special_tokens=False).input_ids
+    return bool(ids) and ids[0] in {*tok.all_special_ids, *tok.added_tokens_decoder}
+
+
 def write_model(model_dir: Path, folder: Path, types: list[str]) -> dict[str, Path]:
     """One GGUF per type of ``types`` into ``folder`` (the quantised ones from an f16 file);
     the paths by type.
 
-    The converter reads whether to add BOS/EOS from ``tokenizer_config.json``, which recent
-    ``transformers`` no longer writes, and llama.cpp then guesses by vocabulary type; it reads
-    a staged copy of the folder that says what the run's tokenizer does.
+    The converter reads whether to add BOS/EOS and a space before the first word from
+    ``tokenizer_config.json``, which recent ``transformers`` no longer writes, and llama.cpp
+    then guesses by vocabulary type; it reads a staged copy of the folder that says what the
+    run's tokenizer does.
     """
     tokens = run_tokens(model_dir)
     written: dict[str, Path] = {}
@@ -132,6 +149,7 @@ def _staged(model_dir: Path, tmp: Path, tokens: Tokens) -> Path:
             (stage / path.name).symlink_to(path.resolve())
     config = read_json(model_dir / "tokenizer_config.json")
     config.update(add_bos_token=tokens.add_bos, add_eos_token=tokens.add_eos)
+    config["add_prefix_space"] = tokens.space_prefix
     (stage / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return stage
 

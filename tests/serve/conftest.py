@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-from serve_helpers import build_spm_llama, train_tiny_run
+from serve_helpers import BINARIES, build_spm_llama, train_tiny_run
+
+
+@pytest.fixture(autouse=True)
+def _llama_cpp_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The programs built into the user's cache stay found under the tests' own cache."""
+    if BINARIES is not None and "FTLIGHT_LLAMA_CPP_BIN" not in os.environ:
+        monkeypatch.setenv("FTLIGHT_LLAMA_CPP_BIN", str(BINARIES))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ftlight.models.tiny import CHATML_TEMPLATE
+from ftlight.serve import llama_cpp
 
 #: the chat specials the tiny tokenizer keeps whole (ChatML)
 SPECIALS = ["<|im_start|>", "<|im_end|>"]
@@ -93,6 +94,9 @@ def _server_missing() -> str | None:
         return llama_cpp.not_built("llama-server and llama-quantize")
     return None
 
+
+#: the built llama.cpp programs, found before the tests switch to their own cache
+BINARIES = None if _server_missing() else llama_cpp.binaries_dir()
 
 needs_converter = pytest.mark.skipif(
     _converter_missing() is not None, reason=f"no llama.cpp converter: {_converter_missing()}"
