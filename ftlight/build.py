@@ -24,6 +24,7 @@ from torch import nn
 
 from ftlight.checkpoint import AtomicCheckpointIO
 from ftlight.errors import ConfigError, FtlightError
+from ftlight.evaluation.plan import Evaluation
 from ftlight.evaluation.predictions import phase_file
 from ftlight.evaluation.scoring import score_split
 from ftlight.logs import PHASES, quiet_libraries, timed
@@ -67,6 +68,10 @@ class Parts:
     load_kwargs: dict[str, Any]
     #: the model's shape and the training data's hash, stored in checkpoints
     fingerprint: dict[str, Any]
+    #: what the run scores before and after training and writes at its end (``eval``)
+    evaluation: Evaluation
+    #: the checkpoint the fit resumes from (``ckpt_path``, resolved), or None
+    ckpt_path: str | None
 
 
 @dataclass
@@ -98,6 +103,7 @@ def build_parts(cfg: DictConfig, label_names: Sequence[str] | None = None) -> Pa
     check_config(cfg)  # every option, path and checkpoint, before anything is built or loaded
     strategy = check_strategy(instantiate(cfg.strategy), str(cfg.strategy.get("_target_")))
     task = instantiate(cfg.task)
+    evaluation = instantiate(cfg.eval)  # a general-text file is read here, before any weights
     strategy.validate(OmegaConf.to_container(cfg.trainer, resolve=True), task)
     source = instantiate(cfg.model)
     data = instantiate(cfg.data)
@@ -108,12 +114,23 @@ def build_parts(cfg: DictConfig, label_names: Sequence[str] | None = None) -> Pa
     data.bind(tokenizer, task)
     with timed("prepare data", log):
         data.prepare()
-    task.configure(tokenizer, data.references(cfg.eval.split))
+    task.configure(tokenizer, data.references(evaluation.split))
     kwargs = {**task.model_kwargs(data.labels, tokenizer), **strategy.load_kwargs(task)}
     fingerprint = check_run(cfg, source, data, strategy)  # limits, fit; a resume's model, data
     check_before_weights(cfg, data)  # no-op settings: a warm-up past the end
+    ckpt = str(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     return Parts(
-        cfg, Path(cfg.run_dir), strategy, task, source, tokenizer, data, kwargs, fingerprint
+        cfg,
+        Path(cfg.run_dir),
+        strategy,
+        task,
+        source,
+        tokenizer,
+        data,
+        kwargs,
+        fingerprint,
+        evaluation,
+        ckpt,
     )
 
 

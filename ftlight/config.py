@@ -66,7 +66,7 @@ def register() -> None:
     OmegaConf.register_new_resolver("ftlight.precision", best_precision, replace=True)
     OmegaConf.register_new_resolver("ftlight.world_size", world_size, replace=True)
     # sweep trial folder names; imported here, not at the top: compare imports the whole report
-    from ftlight.compare import trial_name
+    from ftlight.sweeps.callback import trial_name
 
     OmegaConf.register_new_resolver("ftlight.trial_name", trial_name, replace=True)
 

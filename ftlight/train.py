@@ -26,8 +26,7 @@ from ftlight.build import Run, build_run
 from ftlight.checkpoint import only_chosen_checkpoint
 from ftlight.config import register
 from ftlight.errors import TrainingError
-from ftlight.evaluation.fewshot import few_shot_scores
-from ftlight.evaluation.general import GeneralText
+from ftlight.evaluation.plan import Evaluation
 from ftlight.evaluation.summary import log_scores, run_summary, write_report, write_summary
 from ftlight.export import export_run, trained_model
 from ftlight.logs import timed
@@ -62,17 +61,16 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     ``ckpt_path=auto`` resumes from the run folder's newest checkpoint, if it has one.
     """
     cfg = resolve_ckpt_path(cfg)
-    ev = cfg.eval
     with claim_run_folder(cfg):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        general = GeneralText.from_setting(ev.get("general"))  # read before any model loads
         run = build_run(cfg, callbacks)
+        ev = run.evaluation  # nothing below reads the config
         _continue_logs(run)
         with stop_on_signal(run.trainer, run.run_dir):
-            few_shot, before = _scores_before(run, general)
+            few_shot, before = _scores_before(run)
             seconds = _fit(run)
             best = load_best(run.trainer, run.module) if ev.best else None
-            after = _scores(run, general, "after") if ev.after else {}
+            after = _scores(run, "after") if ev.after else {}
         summary = run_summary(run, before, after, seconds, few_shot)
         summary["train"]["world_size"] = run.trainer.world_size  # the processes that trained
         trained = _check_trained(run, summary, best)  # a collective under FSDP2
@@ -80,7 +78,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         log_scores(run, summary)
         exports: dict[str, Path] = {}
         if run.trainer.is_global_zero:
-            write_report(run, summary, plots=bool(ev.plots))  # kept if the export fails
+            write_report(run, summary, plots=ev.plots)  # kept if the export fails
             if model is not None:
                 exports = export_run(run, model, summary)
                 summary["exports"] = {k: str(v) for k, v in exports.items()}
@@ -101,7 +99,7 @@ def _check_trained(run: Run, summary: dict[str, Any], best: dict[str, Any] | Non
     when the trainable weights never moved, the validation loss did not change at all, or
     ``eval.best=true`` found no validation to choose from; False when nothing moved."""
     warnings = []
-    if run.cfg.eval.best:
+    if run.evaluation.best:
         if best is None:
             warnings.append(
                 "eval.best=true, but no validation ran during training: the last weights were "
@@ -127,32 +125,32 @@ def _check_trained(run: Run, summary: dict[str, Any], best: dict[str, Any] | Non
     return did_move is not False
 
 
-def _scores(run: Run, general: GeneralText, when: str) -> dict[str, float]:
+def _scores(run: Run, when: str) -> dict[str, float]:
     """The task's metrics on the evaluation split, plus general-text perplexity if asked."""
     with timed(f"evaluate {when} training", log):
-        return run.evaluate(run.cfg.eval.split, phase=when) | general.scores(run)
+        return run.evaluation.scores(run, when)
 
 
-def _scores_before(run: Run, general: GeneralText) -> tuple[dict[str, Any] | None, dict]:
+def _scores_before(run: Run) -> tuple[dict[str, Any] | None, dict]:
     """The prompted base model's scores and the scores before training: measured, or kept by
     an earlier attempt of this run when it resumes in its own folder."""
-    cfg, ev = run.cfg, run.cfg.eval
-    if cfg.ckpt_path and resumes_in(run.run_dir, str(cfg.ckpt_path)):
-        kept = kept_before(cfg, run.run_dir)
+    ev = run.evaluation
+    if run.ckpt_path and resumes_in(run.run_dir, run.ckpt_path):
+        kept = kept_before(run.cfg, run.run_dir)
         if kept is not None:
             log.info("scores before training: kept by this run's first attempt")
             return kept.get("few_shot"), kept.get("before") or {}
-    few_shot = few_shot_scores(run, ev.get("few_shot"), ev.split)  # the prompted base
-    before = _scores(run, general, "before") if ev.before else {}
+    few_shot = ev.few_shot_scores(run)  # the prompted base
+    before = _scores(run, "before") if ev.before else {}
     if is_launching_process():
-        keep_before(cfg, run.run_dir, before, few_shot)
+        keep_before(run.cfg, run.run_dir, before, few_shot)
     return few_shot, before
 
 
 def _continue_logs(run: Run) -> None:
     """Loggers that can continue a log (ftlight's CSV) keep what the checkpoint resumed from
     holds, and nothing for a run that starts afresh."""
-    ckpt = run.cfg.ckpt_path
+    ckpt = run.ckpt_path
     if not ckpt:
         step = None
     elif (file := checkpoint_file(run.cfg)) is not None:
@@ -169,9 +167,9 @@ def _fit(run: Run) -> float:
 
     Without ``ckpt_path`` no checkpoint is loaded, not even one Lightning finds by itself.
     """
-    trainer, ev = run.trainer, run.cfg.eval
-    ckpt = run.cfg.ckpt_path
-    run.module.generate_in_eval = bool(ev.generate_during_fit)
+    trainer, ev = run.trainer, run.evaluation
+    ckpt = run.ckpt_path
+    run.module.generate_in_eval = ev.generate_during_fit
     limit_val = trainer.limit_val_batches
     if _after_eval_repeats_fit_validation(trainer, ev):
         trainer.limit_val_batches = 0  # the evaluation after training logs the same val/loss
@@ -200,11 +198,11 @@ def _release_optimizer_state(trainer: L.Trainer) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bool:
+def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: Evaluation) -> bool:
     """A one-epoch fit validates once, at its end, on the split the evaluation after training
     scores right away (logging ``val/*`` at the same step): that pass would be done twice."""
     return (
-        bool(ev.after)
+        ev.after
         and not watches_validation(trainer)  # early stopping and eval.best need that pass
         and ev.split == "validation"
         and not ev.generate_during_fit
@@ -212,4 +210,3 @@ def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: DictConfig) -> bo
         and trainer.val_check_interval == 1.0
         and trainer.check_val_every_n_epoch == 1
     )
-

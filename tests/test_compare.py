@@ -19,12 +19,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ftlight.cli.compare import main
-from ftlight.compare import NAME_LIMIT, SweepComparison, trial_name
 from ftlight.config import CONF_DIR
 from ftlight.errors import ConfigError
-from ftlight.evaluation.compare import compare, recommend
-from ftlight.evaluation.compare_report import format_console, table, to_markdown, write_csv
-from ftlight.evaluation.compare_runs import parse_overrides
+from ftlight.sweeps.callback import NAME_LIMIT, SweepComparison, trial_name
+from ftlight.sweeps.compare import compare, recommend
+from ftlight.sweeps.report import format_console, table, to_markdown, write_csv
+from ftlight.sweeps.runs import parse_overrides
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RANKS = (1, 2, 4, 8, 16, 32, 64)
@@ -287,7 +287,7 @@ def test_trial_folders_are_named_by_their_overrides() -> None:
     )
     long = trial_name([f"data.fields.f{i}=column_{i}" for i in range(40)])
     assert len(long.encode()) <= NAME_LIMIT and long != trial_name(["data.fields.f0=x"] * 40)
-    assert cfg.hydra.callbacks.compare._target_ == "ftlight.compare.SweepComparison"
+    assert cfg.hydra.callbacks.compare._target_ == "ftlight.sweeps.callback.SweepComparison"
     assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {"strategy.r": "1,2,4,8,16,32,64"}
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ftlight.evaluation.compare_runs import read_run
 from ftlight.hydra_record import RunLog
 from ftlight.runfolder import LOCK_FILE
+from ftlight.sweeps.runs import read_run
 from ftlight.testing import QUICK_RUN, setup_overrides
 
 QUICK = [*setup_overrides("tiny-llama"), *QUICK_RUN]

@@ -9,9 +9,9 @@ import argparse
 from pathlib import Path
 
 from ftlight.errors import FtlightError
-from ftlight.evaluation.compare import compare
-from ftlight.evaluation.compare_report import format_console, write_comparison
 from ftlight.evaluation.predictions import diff_runs
+from ftlight.sweeps.compare import compare
+from ftlight.sweeps.report import format_console, write_comparison
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 
 from ftlight.cli.report import run_reporting
 from ftlight.cli.trial import trial
-from ftlight.compare import in_sweep
 from ftlight.config import CONF_DIR, register
 from ftlight.errors import FtlightError
 from ftlight.hydra_record import drop_records
@@ -19,6 +18,7 @@ from ftlight.hydra_record import register as register_record
 from ftlight.preemption import RunInterrupted
 from ftlight.runfolder import is_launching_process
 from ftlight.speed.allocator import describe as describe_allocator
+from ftlight.sweeps.callback import in_sweep
 from ftlight.train import train
 
 register()
@@ -52,4 +52,3 @@ def main() -> None:
     """Console entry point (Hydra parses ``sys.argv``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run_reporting(_main, "ftlight-train")  # Hydra's own errors too: one message, exit 2
-

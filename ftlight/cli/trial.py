@@ -26,9 +26,9 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
-from ftlight.compare import in_sweep
 from ftlight.loggers import finish_wandb
 from ftlight.preemption import RunInterrupted
+from ftlight.sweeps.callback import in_sweep
 
 log = logging.getLogger("ftlight")
 

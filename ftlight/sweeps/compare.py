@@ -1,7 +1,7 @@
 """Runs side by side: pick the main metric, find what differs, recommend one.
 
-The runs are read by ``ftlight.evaluation.compare_runs``; shown by ``compare_report`` (table,
-Markdown, CSV) and ``compare_plot`` (the picture).
+The runs are read by ``ftlight.sweeps.runs``; shown by ``ftlight.sweeps.report`` (table,
+Markdown, CSV) and ``ftlight.sweeps.plot`` (the picture).
 
 The main metric is the first of ``PREFERRED`` that every finished run reports after training,
 else the loss; ``--metric`` picks another. The recommendation is the run with the fewest
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftlight.errors import ConfigError
-from ftlight.evaluation.compare_runs import RunRecord, find_runs, is_run_folder, read_run
+from ftlight.sweeps.runs import RunRecord, find_runs, is_run_folder, read_run
 
 PREFERRED = ("accuracy", "json/exact_match", "exact_match")
 """Main metric, in order of preference: classification accuracy, then structured-record exact

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from ftlight.evaluation.compare import Comparison, recommend
+from ftlight.sweeps.compare import Comparison, recommend
 
 # one marker per strategy in the picture, in the order the strategies first appear
 _MARKERS = ("s", "^", "o", "D", "v", "P", "X", "*", "<", ">", "h", "p")

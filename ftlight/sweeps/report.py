@@ -8,10 +8,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ftlight.evaluation.compare import Comparison, recommend, short_key
-from ftlight.evaluation.compare_plot import plot
-from ftlight.evaluation.compare_runs import RunRecord
 from ftlight.files import atomic_write_bytes, atomic_write_text
+from ftlight.sweeps.compare import Comparison, recommend, short_key
+from ftlight.sweeps.plot import plot
+from ftlight.sweeps.runs import RunRecord
 
 
 # -- the table ----------------------------------------------------------------------------

@@ -25,12 +25,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ftlight.evaluation.compare import compare
-from ftlight.evaluation.compare_report import format_console, write_comparison
-from ftlight.evaluation.compare_runs import TRIAL_FILE
 from ftlight.files import atomic_write_text
 from ftlight.redact import MASK, is_secret_key, redact, secrets_in
 from ftlight.runfolder import held_by_this_process
+from ftlight.sweeps.compare import compare
+from ftlight.sweeps.report import format_console, write_comparison
+from ftlight.sweeps.runs import TRIAL_FILE
 
 log = logging.getLogger("ftlight")
 
