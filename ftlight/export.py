@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from pathlib import Path
@@ -57,7 +58,8 @@ def trained_model(run: Any) -> nn.Module | None:
 
     FSDP2-sharded weights are gathered (a collective: every rank calls this); when frozen
     weights were kept in bf16 for speed, the base is reloaded in full precision and the trained
-    tensors are put back on it.
+    tensors are put back on it. That reloaded model takes the trained one's place in the run's
+    module (which then holds what was exported), so the two are never in memory together.
     """
     module, strategy = run.module, run.strategy
     model = module.model
@@ -67,14 +69,19 @@ def trained_model(run: Any) -> nn.Module | None:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(model, options=options)  # rank 0 gets the full tensors
     else:
-        state = strategy.trainable_state_dict(model)
+        state = strategy.trainable_state_dict(model)  # holds only the trained tensors
     if not run.trainer.is_global_zero:
         return None
+    if not module.sharded:  # the bf16 copy goes before the full-precision one loads
+        module.model = None
+        del model
+        gc.collect()
     fresh = strategy.apply(run.source.load(run.task.auto_class(), **run.load_kwargs), run.task)
     if module.sharded:
         fresh.load_state_dict(state)
     else:
         strategy.load_trainable_state_dict(fresh, state)
+        module.model = fresh
     return fresh
 
 

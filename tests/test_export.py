@@ -145,3 +145,33 @@ def test_head_export_keeps_the_lm_head_untied(trained) -> None:
     assert head.data_ptr() != embedding.data_ptr()
     assert not torch.equal(head, embedding)
     torch.testing.assert_close(embedding, run.probe.start["model.embed_tokens.weight"])
+
+
+def test_a_bf16_mixed_run_exports_its_full_precision_base(tmp_path: Path) -> None:
+    """Under bf16-mixed the frozen weights train in bf16 (``speed.frozen_bf16``); the export
+    reloads the base in float32 in the trained model's place (the run's module then holds what
+    was exported, never both at once): ``model/`` is the original base plus the adapters'
+    delta, as peft merges them over the base folder."""
+    from ftlight.testing import QUICK_FIT, compose_config
+    from ftlight.train import train
+
+    cfg = compose_config(
+        ["strategy=lora", *QUICK_FIT, "trainer.max_steps=2", "trainer.precision=bf16-mixed"],
+        tmp_path,
+        "tiny-llama",
+    )
+    result = train(cfg)
+    assert result.module.frozen_cast > 0  # the bf16 path ran
+    held = dict(result.module.model.named_parameters())
+    assert {p.dtype for p in held.values()} == {torch.float32}  # the reloaded model, merged
+    from hydra.utils import instantiate
+
+    base = AutoModelForCausalLM.from_pretrained(instantiate(cfg.model).resolve())
+    merged = PeftModel.from_pretrained(base, tmp_path / "adapter").merge_and_unload()
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
+    want = merged.state_dict()
+    assert exported.keys() == want.keys()
+    for name, value in want.items():
+        torch.testing.assert_close(exported[name], value, rtol=0, atol=0, msg=name)
+    lora = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert lora["r"] == 8
