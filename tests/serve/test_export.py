@@ -193,3 +193,23 @@ def test_a_merged_export_loads_in_transformers(tiny_run: Path, tmp_path: Path) -
     main([str(run), "--to", "merged"])
     model = AutoModelForCausalLM.from_pretrained(run / "export" / "merged")
     assert model.config.architectures == ["LlamaForCausalLM"]
+
+
+def test_the_gguf_scoring_gives_the_runs_figures_for_the_runs_answers(tiny_run: Path) -> None:
+    """Scored like ``CausalLMTask``: the run's own answers give its own ``after`` figures."""
+    from ftlight.serve import parity
+
+    rows = parity.run_rows(tiny_run)
+    answers = [row["answer"] for row in rows]
+    mine = parity.score(answers, [row["reference"] for row in rows])
+    after = json.loads((tiny_run / "metrics.json").read_text())["after"]
+    assert set(mine) == {k for k in after if k == "exact_match" or k.startswith("json/")}
+    for name, value in mine.items():
+        assert value == pytest.approx(after[name], abs=1e-6), name
+    assert parity.score(["x", "y"], ["x", '{"a": 1}']) == {"exact_match": 0.5}  # not all JSON
+    assert parity.score(['{"a": 1}', "x"], ['{"a": 1}', '{"a": 2}']) == {
+        "exact_match": 0.5,
+        "json/valid_json": 0.5,
+        "json/exact_match": 0.5,
+        "json/field_acc/a": 0.5,
+    }

@@ -49,8 +49,9 @@ def test_eval_refuses_data_overrides_for_a_gguf(tiny_run: Path, tmp_path: Path, 
 
 @pytest.mark.slow
 def test_smollm2_demo_run_scores_the_same_through_llama_cpp(tmp_path: Path) -> None:
-    """The default run, shortened in training only (its 50 held-out tickets), exported to
-    Ollama (q8_0) and GGUF (f16) and answered by llama-server."""
+    """The default run (its training in full: a shortened one leaves near-ties that q8_0
+    rounding flips), exported to Ollama (q8_0) and GGUF (f16) and answered by llama-server
+    on its 50 held-out tickets. Only measurements that change no weight are left out."""
     from hydra import compose, initialize_config_dir
 
     import ftlight.train  # noqa: F401
@@ -65,8 +66,6 @@ def test_smollm2_demo_run_scores_the_same_through_llama_cpp(tmp_path: Path) -> N
         "eval.few_shot=0",
         "eval.before=false",
         "eval.general=null",
-        "data.train_size=240",
-        "trainer.max_steps=60",
         f"run_dir={run}",
     ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
