@@ -150,7 +150,7 @@ def _write_gguf(plan: Plan, tmp: Path) -> None:
 
 def _write_ollama(plan: Plan, tmp: Path) -> None:
     files = write_model(plan.run_dir / "model", tmp, plan.types)
-    ((kind, path),) = files.items()
+    (path,) = files.values()
     prompts = [row["prompt"] for row in _rows(plan.run_dir)]
     system = ollama.run_system(plan.pieces, prompts) if prompts else None
     text = ollama.modelfile(path.name, plan.pieces, plan.tokens.ends, system)

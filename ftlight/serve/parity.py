@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ftlight.errors import ModelError
 from ftlight.evaluation.structured import score_records
@@ -56,28 +57,38 @@ def has_evaluation(run_dir: Path) -> bool:
 def answer_budget(run_dir: Path, references: list[str]) -> int:
     """The run's ``task.max_new_tokens``; for ``auto``, sized from the references as the task
     sizes it."""
-    config = run_dir / ".hydra" / "config.yaml"
-    setting = (
-        OmegaConf.load(config).task.get("max_new_tokens", "auto") if config.is_file() else "auto"
-    )
+    setting = _task_setting(run_dir, "max_new_tokens", "auto")
     if setting != "auto":
         return int(setting)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(run_dir / "model")
-    return max(len(ids) for ids in tok(references, add_special_tokens=False)["input_ids"]) + (
-        AUTO_MARGIN
-    )
+    longest = max(len(ids) for ids in tok(references, add_special_tokens=False)["input_ids"])
+    return longest + AUTO_MARGIN
+
+
+def _task_setting(run_dir: Path, key: str, default: Any) -> Any:
+    """One ``task`` setting of the run: from Hydra's record (``.hydra/config.yaml``), else from
+    the configuration block of the model card ftlight wrote (a run started by ``train(cfg)``
+    has no Hydra record). Read as a plain value, never instantiated."""
+    record = run_dir / ".hydra" / "config.yaml"
+    if record.is_file():
+        return OmegaConf.load(record).get("task", {}).get(key, default)
+    card = run_dir / "model" / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    block = re.search(r"```yaml\n(.*?)```", text, re.S)
+    if block is None:
+        return default
+    config = OmegaConf.create(block.group(1))
+    return config.get("task", {}).get(key, default) if isinstance(config, DictConfig) else default
 
 
 def score(
     answers: list[str], references: list[str], output_format: str = "auto"
 ) -> dict[str, float]:
     """Exact match, and the JSON-record metrics when every reference is a JSON object."""
-    out = {
-        "exact_match": sum(a.strip() == r.strip() for a, r in zip(answers, references, strict=True))
-        / len(answers)
-    }
+    same = sum(a.strip() == r.strip() for a, r in zip(answers, references, strict=True))
+    out = {"exact_match": same / len(answers)}
     if output_format != "text" and all(_is_object(r) for r in references):
         out.update({f"json/{k}": v for k, v in score_records(answers, references).items()})
     return out
@@ -106,10 +117,7 @@ def score_gguf(gguf: Path, run_dir: Path) -> dict[str, Any]:
                 prompt = prompt[len(leading_bos) :]
             answers.append(server.complete(prompt, budget))
     seconds = time.perf_counter() - start
-    config = run_dir / ".hydra" / "config.yaml"
-    output_format = (
-        OmegaConf.load(config).task.get("output_format", "auto") if config.is_file() else "auto"
-    )
+    output_format = _task_setting(run_dir, "output_format", "auto")
     metrics: dict[str, Any] = score(answers, references, output_format)
     agree = sum(a.strip() == row["answer"].strip() for a, row in zip(answers, rows, strict=True))
     metrics.update(agree=agree, rows=len(rows), seconds=round(seconds, 1))
