@@ -117,3 +117,13 @@ def test_the_core_imports_no_peft() -> None:
             elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "peft":
                 importing.append(name)
     assert importing == []
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by their base name (no packages under tests/): two files of
+    one name stop the whole suite at collection."""
+    root = PACKAGE.parent
+    names: dict[str, list[str]] = {}
+    for path in [*(root / "tests").rglob("test_*.py"), *(root / "plugins").rglob("test_*.py")]:
+        names.setdefault(path.name, []).append(str(path.relative_to(root)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}
