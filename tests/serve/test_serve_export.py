@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serve_helpers import build_spm_llama, needs_converter
+from serve_helpers import build_spm_llama
 
 from ftlight.cli.export import main
 from ftlight.errors import ConfigError, ModelError
@@ -35,7 +35,6 @@ def _fake_run(tmp_path: Path, task: str, architecture: str) -> Path:
     return run
 
 
-@needs_converter
 @pytest.mark.parametrize(
     ("task", "architecture", "expected"),
     [
@@ -66,7 +65,6 @@ def test_a_folder_without_a_model_is_refused(tmp_path: Path) -> None:
         exporter.plan_export(tmp_path, "merged")
 
 
-@needs_converter
 def test_types_are_checked_before_any_work(tiny_run: Path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="one GGUF; give one --type"):
         exporter.plan_export(tiny_run, "ollama", ["f16", "q8_0"])
@@ -76,7 +74,6 @@ def test_types_are_checked_before_any_work(tiny_run: Path, monkeypatch) -> None:
         exporter.plan_export(tiny_run, "gguf", ["q4_k_m"])
 
 
-@needs_converter
 def test_the_cli_reports_a_refusal_in_one_line(tmp_path: Path, capsys) -> None:
     run = _fake_run(tmp_path, "classification", "BertForSequenceClassification")
     with pytest.raises(SystemExit) as exit_:
@@ -87,7 +84,6 @@ def test_the_cli_reports_a_refusal_in_one_line(tmp_path: Path, capsys) -> None:
     assert len(err.strip().splitlines()) == 1
 
 
-@needs_converter
 def test_gguf_metadata_carries_the_template_and_the_end_tokens(tmp_path: Path) -> None:
     model = build_spm_llama(tmp_path / "model")
     files = write_model(model, tmp_path, ["f16", "q8_0"])
@@ -113,7 +109,6 @@ def test_gguf_metadata_carries_the_template_and_the_end_tokens(tmp_path: Path) -
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".convert-")]
 
 
-@needs_converter
 def test_a_converter_crash_leaves_no_folder_and_the_record_as_it_was(
     tiny_run: Path, tmp_path: Path
 ) -> None:
@@ -129,7 +124,6 @@ def test_a_converter_crash_leaves_no_folder_and_the_record_as_it_was(
     assert _state(run) == before
 
 
-@needs_converter
 def test_without_llama_server_the_check_is_skipped_and_recorded(
     tiny_run: Path, tmp_path: Path, monkeypatch, caplog
 ) -> None:
@@ -148,7 +142,6 @@ def test_without_llama_server_the_check_is_skipped_and_recorded(
     assert "llama-server -m model-f16.gguf" in readme
 
 
-@needs_converter
 def test_an_ollama_export_writes_a_modelfile(tiny_run: Path, tmp_path: Path, capsys) -> None:
     run = _copy(tiny_run, tmp_path)
     main([str(run), "--to", "ollama", "--type", "q8_0", "--no-check"])
