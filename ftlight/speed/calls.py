@@ -262,19 +262,19 @@ class FastCalls(ModelCalls):
         eos: list[int],
         pad_id: int,
         tokenizer: Any = None,
-        prompts: Any = None,
-        predictions: torch.Tensor | None = None,
+        scored: LabelledOutputs | None = None,
         row_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Greedy answers from ftlight's decoder (``speed.decode``), continuing from the
-        scoring pass's keys and values when it kept them (``prompts``: ``ScoredPrompts``)."""
+        scoring pass's keys and values when it kept them (``scored.prompts``)."""
         if not self.plan.decode:
             return super().generate(
                 answers, model, input_ids, attention_mask, max_new_tokens, eos, pad_id, tokenizer
             )
         prompted = None
-        if isinstance(prompts, ScoredPrompts) and predictions is not None and row_ids is not None:
-            prompted = prompts.prompted(predictions, row_ids, input_ids, attention_mask)
+        kept = scored.prompts if scored is not None else None
+        if isinstance(kept, ScoredPrompts) and row_ids is not None:
+            prompted = kept.prompted(scored.predictions, row_ids, input_ids, attention_mask)
         return fast_greedy(
             answers, model, input_ids, attention_mask, max_new_tokens, eos, pad_id, prompted,
             tokenizer,

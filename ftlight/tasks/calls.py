@@ -88,14 +88,12 @@ class ModelCalls:
         eos: list[int],
         pad_id: int,
         tokenizer: Any = None,
-        prompts: Any = None,
-        predictions: torch.Tensor | None = None,
+        scored: LabelledOutputs | None = None,
         row_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The ``(rows, steps)`` greedy answers to left-padded prompts as ``answers`` decodes
-        them, through ``model.generate``. ``prompts``/``predictions``/``row_ids``: what the
-        scoring pass of the same rows kept (``LabelledOutputs``), for a decoder that
-        continues from it; unused here."""
+        them, through ``model.generate``. ``scored``: the scoring pass of the rows ``row_ids``
+        these prompts start, for a decoder that continues from it; unused here."""
         return answers.generate(
             model, input_ids, attention_mask, max_new_tokens, eos, pad_id, tokenizer
         )

@@ -219,8 +219,7 @@ class CausalLMTask(Task):
             eos,
             pad_id,
             tok,
-            scored.prompts if scored is not None else None,
-            scored.predictions if scored is not None else None,
+            scored,
             row_ids,
         )
         # every token up to and including each row's end (a pad id equal to the end id
