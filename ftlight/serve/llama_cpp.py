@@ -85,19 +85,20 @@ def run_converter(script: str, args: list[str], what: str) -> None:
     last lines it printed."""
     src = source_dir()
     command = [sys.executable, str(src / script), *args]
+    _run(command, f"{what}: {script}", env=_converter_env(src))
+
+
+def _run(command: list[str], name: str, env: dict[str, str] | None = None) -> None:
+    """Run ``command`` to its end; running past ``CONVERT_TIMEOUT_S`` or failing is a
+    ``ModelError`` naming it (``name``) with the last lines it printed."""
     try:
         done = subprocess.run(
-            command,
-            env=_converter_env(src),
-            capture_output=True,
-            text=True,
-            timeout=CONVERT_TIMEOUT_S,
-            check=False,
+            command, env=env, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, check=False
         )
     except subprocess.TimeoutExpired:
-        raise ModelError(f"{what}: {script} ran past {CONVERT_TIMEOUT_S} s") from None
+        raise ModelError(f"{name} ran past {CONVERT_TIMEOUT_S} s") from None
     if done.returncode != 0:
-        raise ModelError(f"{what}: {script} failed (exit {done.returncode}):\n{_tail(done)}")
+        raise ModelError(f"{name} failed (exit {done.returncode}):\n{_tail(done)}")
 
 
 def _tail(done: subprocess.CompletedProcess, lines: int = 8) -> str:
@@ -156,17 +157,4 @@ def need_program(name: str, why: str) -> Path:
 def quantize(source: Path, target: Path, kind: str) -> None:
     """``llama-quantize`` an f16 GGUF into ``kind`` (e.g. q4_k_m)."""
     binary = need_program("llama-quantize", f"--type {kind}")
-    try:
-        done = subprocess.run(
-            [str(binary), str(source), str(target), kind.upper()],
-            capture_output=True,
-            text=True,
-            timeout=CONVERT_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ModelError(f"llama-quantize to {kind} ran past {CONVERT_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        raise ModelError(
-            f"llama-quantize to {kind} failed (exit {done.returncode}):\n{_tail(done)}"
-        )
+    _run([str(binary), str(source), str(target), kind.upper()], f"llama-quantize to {kind}")
