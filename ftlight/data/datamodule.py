@@ -8,20 +8,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ftlight.data import cache
-from ftlight.data.collate import EvalCollator, PackCollator, PadCollator, pack_rows
 from ftlight.data.formats import FORMATS, examples_digest, get_format
 from ftlight.data.labels import check_label_names, label_info, merge_spellings
+from ftlight.data.loaders import eval_loader, train_loader
 from ftlight.data.overlap import find_overlap
-from ftlight.data.samplers import (
-    LengthGroupedBatchSampler,
-    ResumableLoader,
-    ShuffledBatches,
-    SkippingBatches,
-)
+from ftlight.data.tokenized import encode_split, warn_truncated
 from ftlight.errors import ConfigError, DataError
 from ftlight.paths import cache_root
 from ftlight.tasks.base import LabelInfo, Task
@@ -168,23 +162,12 @@ class FineTuneData(L.LightningDataModule):
                 self.encoded, self.stats = entry["encoded"], entry["stats"]
                 log.info("tokenised data read from the cache (%s)", cache.entry_path(folder, key))
                 for split, stats in self.stats.items():
-                    self._warn_truncated(split, stats)
+                    warn_truncated(split, stats, self.max_length)
                 return
         for split, rows in examples.items():
             self.encoded[split] = self._encode(split, rows)
         if folder is not None and key is not None:
             cache.save(folder, key, self.encoded, self.stats)
-
-    def _warn_truncated(self, split: str, stats: dict[str, int]) -> None:
-        if stats["truncated"] or stats["dropped"]:
-            n = stats["dropped"]
-            dropped = f"; {n} dropped (no answer token left)" if n else ""
-            log.warning(
-                "%s: %d of %d rows longer than data.max_length=%s were truncated%s. Raise "
-                "data.max_length to keep them whole.",
-                *(split, stats["truncated"], stats["rows"] + stats["dropped"], self.max_length),
-                dropped,
-            )
 
     def _hold_out(self, rows: list[Any]) -> tuple[list[Any], list[Any]]:
         if len(rows) < 2:
@@ -203,34 +186,10 @@ class FineTuneData(L.LightningDataModule):
         return [rows[i] for i in train], [rows[i] for i in val]
 
     def _encode(self, split: str, rows: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        truncated = dropped = 0
-        for where, ex in rows:
-            try:
-                encoded = self.task.encode(
-                    ex,
-                    self.tokenizer,
-                    self.max_length,
-                    label_ids=getattr(self, "_label_ids", None),
-                    evaluation=split != "train",
-                )
-            except DataError as err:  # the template's and the tokenizer's errors, with the row
-                if str(err).startswith(where):
-                    raise
-                raise DataError(f"{where}: {err}") from err
-            if encoded is None:
-                dropped += 1
-                continue
-            row, was_truncated = encoded
-            if row.get("reference") == "":  # every answer, even an empty one, would match it
-                raise DataError(
-                    f"{where}: the reference answer is empty after tokenisation (data.max_length="
-                    f"{self.max_length}); raise data.max_length or fix the row's answer."
-                )
-            truncated += int(was_truncated)
-            out.append(row)
-        self.stats[split] = {"rows": len(out), "truncated": truncated, "dropped": dropped}
-        self._warn_truncated(split, self.stats[split])
+        labels = getattr(self, "_label_ids", None)
+        out, stats = encode_split(self.task, self.tokenizer, split, rows, self.max_length, labels)
+        self.stats[split] = stats
+        warn_truncated(split, stats, self.max_length)
         if not out:
             raise DataError(
                 f"the {split} split is empty after tokenisation: every row lost its response "
@@ -256,42 +215,20 @@ class FineTuneData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Length-grouped (or packed) batches with dynamic padding, sharded across ranks."""
-
         rows = self.encoded["train"]
         world, rank = self._world()
-        pad_id = self.tokenizer.pad_token_id
-        if self.packing and self.task.packable:
-            if not self.max_length:
-                raise ConfigError("data.packing=true needs data.max_length (the packed row size)")
-            bins = pack_rows(rows, self.max_length)
-            items: list[Any] = [[rows[i] for i in b] for b in bins]
-            lengths = [sum(len(r["input_ids"]) for r in b) for b in items]
-            collate: Any = PackCollator(self.max_length, pad_id)
-        else:
-            items = rows
-            lengths = [len(r["input_ids"]) for r in rows]
-            collate = PadCollator(pad_id)
-        if self.group_by_length:
-            sampler: Any = LengthGroupedBatchSampler(
-                lengths,
-                self.batch_size,
-                shuffle=True,
-                seed=self.seed,
-                num_replicas=world,
-                rank=rank,
-            )
-        else:
-            sampler = ShuffledBatches(len(items), self.batch_size, self.seed, world, rank)
-        return ResumableLoader(
-            items,
-            batch_sampler=SkippingBatches(sampler),
-            collate_fn=collate,
+        return train_loader(
+            rows,
+            pad_id=self.tokenizer.pad_token_id,
+            packing=self.packing and self.task.packable,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            group_by_length=self.group_by_length,
+            seed=self.seed,
+            world=world,
+            rank=rank,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             progress=self._batches_done,
-            # its own generator: creating an iterator must not draw from the global RNG, or a
-            # resumed run's dropout masks would shift against the uninterrupted run's
-            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _batches_done(self) -> int:
@@ -303,14 +240,13 @@ class FineTuneData(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         rows = self.encoded[split]
         world, _ = self._world()
-        sampler = DistributedSampler(rows, shuffle=False) if world > 1 else None
-        return DataLoader(
+        return eval_loader(
             rows,
+            pad_id=self.tokenizer.pad_token_id,
             batch_size=self.eval_batch_size,
-            sampler=sampler,
-            collate_fn=EvalCollator(PadCollator(self.tokenizer.pad_token_id)),
+            seed=self.seed,
+            world=world,
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def val_dataloader(self) -> DataLoader:
