@@ -14,6 +14,11 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
     saving the cast (a large part of a CPU decode step) and half the weight memory. Weights
     shared with another kind of module (an LM head tied to the input embedding) and quantised
     layers are left alone. Returns the number of layers cast.
+
+    The float32 weights a model loads are views of its memory-mapped weights file, which stays
+    mapped while any of them lives: the pages the cast read would stay resident beside their
+    bf16 copies. So once a layer is cast, the frozen tensors left in float32 (the embedding,
+    the norms) are copied into the process's own memory and the file's mapping goes away.
     """
     shared: set[int] = set()
     for module in model.modules():
@@ -31,4 +36,22 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
         if module.bias is not None:
             module.bias.data = module.bias.data.to(dtype)
         count += 1
+    if count:
+        _own_frozen_tensors(model)
     return count
+
+
+def _own_frozen_tensors(model: nn.Module) -> None:
+    """Copy every frozen floating-point parameter and buffer of ``model`` on the CPU into
+    memory of its own, so no tensor keeps the weights file mapped (trainable ones are left:
+    the optimizer writes them, which copies their pages anyway)."""
+    seen: set[int] = set()
+    for module in model.modules():
+        tensors = [p for p in module.parameters(recurse=False) if type(p) is nn.Parameter]
+        tensors += [b for b in module.buffers(recurse=False) if b is not None]
+        for t in tensors:
+            if id(t) in seen or t.requires_grad or t.device.type != "cpu":
+                continue
+            seen.add(id(t))
+            if t.is_floating_point():
+                t.data = t.data.clone()

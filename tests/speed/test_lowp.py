@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
+from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -49,3 +52,40 @@ def test_cast_is_exact_under_autocast_and_skips_tied_and_trainable() -> None:
     a = q.lora_B["default"].weight.grad
     b = ref.get_base_model().model.layers[0].self_attn.q_proj.lora_B["default"].weight.grad
     assert torch.equal(a, b)
+
+
+def _mapped(path: Path) -> bool:
+    """Whether this process still maps ``path`` (Linux)."""
+    return str(path) in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_cast_lets_the_weights_file_go(tmp_path: Path) -> None:
+    """The loaded float32 weights are views of the memory-mapped file; after the cast no
+    tensor holds it, so the pages the cast read leave the process with the mapping."""
+    _tiny_lora().get_base_model().save_pretrained(tmp_path)
+    weights = (tmp_path / "model.safetensors").resolve()
+    base = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    embedding = base.model.embed_tokens.weight.detach().clone()
+    if not _mapped(weights):
+        pytest.skip("this transformers version reads the weights file into memory")
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    assert cast_frozen_linears(model, torch.bfloat16) == 14
+    gc.collect()
+    assert not _mapped(weights)
+    # the tensors left in float32 kept their values, and the tied head still is the embedding
+    assert torch.equal(base.model.embed_tokens.weight, embedding)
+    assert base.lm_head.weight is base.model.embed_tokens.weight
+    x = torch.randint(0, 64, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(input_ids=x).logits).all()
+
+
+def test_nothing_cast_nothing_copied() -> None:
+    """A model with no frozen plain linear (full fine-tuning) keeps its tensors as they are."""
+    model = _tiny_lora().get_base_model()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    pointers = {n: p.data_ptr() for n, p in model.named_parameters()}
+    assert cast_frozen_linears(model, torch.bfloat16) == 0
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == pointers
