@@ -17,8 +17,7 @@ from ftlight.errors import ConfigError
 from ftlight.resume import rank_rng_states, restore_rng_state, rng_state_of_rank
 from ftlight.speed.attention import attention_kernel, check_kernel, grouped_kv, step_kernel
 from ftlight.speed.calls import model_calls
-from ftlight.speed.gated import recompute_gated_activations
-from ftlight.speed.lowp import cast_frozen_linears
+from ftlight.speed.install import install_model_parts
 from ftlight.speed.plan import SpeedPlan
 from ftlight.speed.report import speed_line
 from ftlight.strategies.base import Strategy
@@ -36,15 +35,10 @@ class FineTuneModule(L.LightningModule):
 
     ``optimizer`` is a partial taking the parameters; ``scheduler`` a partial taking the
     optimizer and the total number of optimizer steps. ``speed`` says which speed parts run
-    (``ftlight.speed.plan``; default: all of them): ``activation_checkpointing`` recomputes each
-    transformer block's activations in the backward pass (less memory, more compute);
-    ``recompute_activation`` keeps a gated MLP's ``gate(x)`` and ``up(x)`` but not
-    ``act(gate(x))``, recomputed in backward (``ftlight.speed.gated``); ``compile`` compiles
-    each block with ``torch.compile`` (dynamic shapes); ``attention_kernel`` picks the attention
-    kernel of training steps (``ftlight.speed.attention``); ``share_prefix`` runs the opening
-    every row of a batch shares once (``ftlight.speed.prefix``; training steps under activation
-    checkpointing, compiled blocks or FSDP run every row whole). The strategy gets the plan for
-    its own parts; the task gets the calls it makes (``ftlight.speed.calls.model_calls``).
+    (``ftlight.speed.plan``; default: all of them): the model-changing ones are installed once
+    the strategy has applied (``ftlight.speed.install``), ``attention_kernel`` and
+    ``grouped_kv`` wrap each step, the strategy gets the plan for its own parts and the task
+    the calls it makes (``ftlight.speed.calls.model_calls``).
     """
 
     def __init__(
@@ -66,8 +60,8 @@ class FineTuneModule(L.LightningModule):
         if self.kernel_setting == "auto" and speed.compile:
             self.kernel_setting = "torch"  # compiled blocks are traced under PyTorch's choice
         self._step_kernel: str | None = None  # this step's choice, kept for its backward
-        #: dtype to keep frozen linear weights in (the autocast dtype), or None
-        self.frozen_dtype = frozen_dtype if speed.frozen_bf16 else None
+        #: the autocast dtype (None: no autocast), frozen linears' dtype under speed.frozen_bf16
+        self.frozen_dtype = frozen_dtype
         self.frozen_cast = 0
         self.recomputed_mlps = 0
         self.model = model
@@ -97,16 +91,17 @@ class FineTuneModule(L.LightningModule):
             self._applied = True
             self.start_sums = parameter_sums(self.model)
             mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
-            if self.frozen_dtype is not None and mesh is None:
-                self.frozen_cast = cast_frozen_linears(self.model, self.frozen_dtype)
-            if self.speed.activation_checkpointing:
-                _enable_activation_checkpointing(self.model)
-            elif self.speed.recompute_activation:  # checkpointed blocks keep nothing of the MLP
-                self.recomputed_mlps = recompute_gated_activations(self.model)
-                log.debug("recompute_activation: %d gated MLPs", self.recomputed_mlps)
-            if self.speed.compile:
-                for block in self.strategy.shard_units(self.model):
-                    block.compile(dynamic=True)
+            installed = install_model_parts(
+                self.speed,
+                self.model,
+                self.strategy.shard_units(self.model),
+                self.frozen_dtype,
+                sharded=mesh is not None,
+            )
+            self.frozen_cast, self.recomputed_mlps = (
+                installed.frozen_cast,
+                installed.recomputed_mlps,
+            )
             info = self.strategy.describe(self.model)
             log.info(
                 "strategy=%s: %s trainable of %s parameters (%.2f%%)",
@@ -301,16 +296,3 @@ class FineTuneModule(L.LightningModule):
         if self._resume_rng is not None:
             restore_rng_state(self._resume_rng, self.device)
             self._resume_rng = None
-
-
-def _enable_activation_checkpointing(model: nn.Module) -> None:
-    """Non-reentrant activation checkpointing of every block of a ``transformers`` model."""
-    get_base = getattr(model, "get_base_model", None)  # PEFT wrappers
-    hf = get_base() if callable(get_base) else model
-    enable = getattr(hf, "activation_checkpointing_enable", None)
-    if enable is None or not getattr(hf, "supports_gradient_checkpointing", False):
-        raise ConfigError(
-            f"speed.activation_checkpointing=true, but {type(hf).__name__} does not support it; "
-            "set speed.activation_checkpointing=false"
-        )
-    enable(activation_checkpointing_kwargs={"use_reentrant": False})

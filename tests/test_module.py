@@ -233,10 +233,10 @@ def test_recomputed_activations_train_like_kept_ones(helpers, tmp_path) -> None:
 
 
 def test_activation_checkpointing_needs_model_support(helpers, tmp_path) -> None:
-    from ftlight.module import _enable_activation_checkpointing
+    from ftlight.speed.install import enable_activation_checkpointing
 
     with pytest.raises(ConfigError, match="speed.activation_checkpointing=false"):
-        _enable_activation_checkpointing(nn.Linear(2, 2))
+        enable_activation_checkpointing(nn.Linear(2, 2))
 
 
 @pytest.mark.slow
