@@ -40,6 +40,7 @@ from ftlight.speed.prefix import (
     shared_prefix_length,
     takes_argument,
 )
+from ftlight.speed.rows import row_groups, rows_of
 from ftlight.speed.scored import ScoredPrompts, prompt_lengths, prompt_scores
 from ftlight.tasks.calls import LabelledOutputs, ModelCalls, predicting
 from ftlight.tasks.generation import GreedyAnswers
@@ -214,10 +215,10 @@ class FastCalls(ModelCalls):
         total, predictions, targets = labels.new_zeros((), dtype=torch.float32), [], []
         losses, position_rows = [], []
         first_scores: torch.Tensor | None = None
-        for group in _row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
+        for group in row_groups(per_row, max(1, EVAL_LOGITS // vocab)):
             rows = order[group]
             width = int(filled[rows].any(0).nonzero().max()) + 1
-            part = {k: _rows_of(v, rows, width, ids.shape) for k, v in inputs.items()}
+            part = {k: rows_of(v, rows, width, ids.shape) for k, v in inputs.items()}
             sliced = self._labelled_pass(model, part, True, shared, opening, keep_cache)
             if sliced is None:
                 return super().labelled(model, inputs, generating, max_new_tokens)
@@ -286,25 +287,3 @@ def _shared_length(inputs: dict[str, Any], keep: torch.Tensor) -> int:
     if not set(inputs) - {"labels"} <= PLAIN_INPUTS:
         return 0
     return shared_prefix_length(inputs["input_ids"], inputs.get("attention_mask"), keep)
-
-
-def _row_groups(counts: list[int], limit: int) -> list[slice]:
-    """Consecutive groups of rows whose ``counts`` add up to at most ``limit`` (a row over
-    the limit alone)."""
-    groups, start, held = [], 0, 0
-    for i, count in enumerate(counts):
-        if i > start and held + count > limit:
-            groups.append(slice(start, i))
-            start, held = i, 0
-        held += count
-    groups.append(slice(start, len(counts)))
-    return groups
-
-
-def _rows_of(value: Any, rows: torch.Tensor, width: int, shape: torch.Size) -> Any:
-    """``rows`` of a batch input; a per-token one cut to its first ``width`` columns."""
-    if not torch.is_tensor(value):
-        return value
-    if value.shape[:2] == shape:
-        return value[rows, :width]
-    return value[rows]
