@@ -63,7 +63,7 @@ def trained_model(run: Any) -> nn.Module | None:
     """
     module, strategy = run.module, run.strategy
     model = module.model
-    if not module.sharded and not module.frozen_cast:
+    if not module.sharded and not module.installed.frozen_cast:
         return model if run.trainer.is_global_zero else None
     if module.sharded:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -17,7 +17,7 @@ from ftlight.errors import ConfigError
 from ftlight.resume import rank_rng_states, restore_rng_state, rng_state_of_rank
 from ftlight.speed.attention import attention_kernel, check_kernel, grouped_kv, step_kernel
 from ftlight.speed.calls import model_calls
-from ftlight.speed.install import install_model_parts
+from ftlight.speed.install import Installed, install_model_parts
 from ftlight.speed.plan import SpeedPlan
 from ftlight.speed.report import speed_line
 from ftlight.strategies.base import Strategy
@@ -62,8 +62,8 @@ class FineTuneModule(L.LightningModule):
         self._step_kernel: str | None = None  # this step's choice, kept for its backward
         #: the autocast dtype (None: no autocast), frozen linears' dtype under speed.frozen_bf16
         self.frozen_dtype = frozen_dtype
-        self.frozen_cast = 0
-        self.recomputed_mlps = 0
+        #: what the model-changing speed parts took (linears cast, gated MLPs recomputing)
+        self.installed = Installed()
         self.model = model
         self.strategy = strategy
         self.task = task
@@ -91,16 +91,12 @@ class FineTuneModule(L.LightningModule):
             self._applied = True
             self.start_sums = parameter_sums(self.model)
             mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
-            installed = install_model_parts(
+            self.installed = install_model_parts(
                 self.speed,
                 self.model,
                 self.strategy.shard_units(self.model),
                 self.frozen_dtype,
                 sharded=mesh is not None,
-            )
-            self.frozen_cast, self.recomputed_mlps = (
-                installed.frozen_cast,
-                installed.recomputed_mlps,
             )
             info = self.strategy.describe(self.model)
             log.info(

@@ -161,7 +161,7 @@ def test_a_bf16_mixed_run_exports_its_full_precision_base(tmp_path: Path) -> Non
         "tiny-llama",
     )
     result = train(cfg)
-    assert result.module.frozen_cast > 0  # the bf16 path ran
+    assert result.module.installed.frozen_cast > 0  # the bf16 path ran
     held = dict(result.module.model.named_parameters())
     assert {p.dtype for p in held.values()} == {torch.float32}  # the reloaded model, merged
     from hydra.utils import instantiate

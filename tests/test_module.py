@@ -218,7 +218,7 @@ def test_recomputed_activations_train_like_kept_ones(helpers, tmp_path) -> None:
     """``recompute_activation`` (the default) changes what a step keeps, not its results."""
     cfg = helpers.compose(STEP_RUN, tmp_path / "on", "causal_lm")
     run, probe = helpers.fit(cfg)
-    assert run.module.recomputed_mlps == 2  # the tiny Llama's two MLPs
+    assert run.module.installed.recomputed_mlps == 2  # the tiny Llama's two MLPs
     kept, kept_losses = _trained_weights(
         helpers, tmp_path / "off", "speed.recompute_activation=false"
     )
@@ -229,7 +229,9 @@ def test_recomputed_activations_train_like_kept_ones(helpers, tmp_path) -> None:
         [*STEP_RUN, "speed.activation_checkpointing=true"], tmp_path / "ck", "causal_lm"
     )
     run, _ = helpers.fit(cfg)
-    assert run.module.recomputed_mlps == 0  # checkpointed blocks recompute everything anyway
+    assert (
+        run.module.installed.recomputed_mlps == 0
+    )  # checkpointed blocks recompute everything anyway
 
 
 def test_activation_checkpointing_needs_model_support(helpers, tmp_path) -> None:

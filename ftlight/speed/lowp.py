@@ -24,6 +24,7 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
     for module in model.modules():
         if type(module) is not nn.Linear:
             shared.update(id(p) for p in module.parameters(recurse=False))
+    cast: set[int] = set()  # the parameters given new bf16 storage
     count = 0
     for module in model.modules():
         if type(module) is not nn.Linear or module.weight.requires_grad:
@@ -32,20 +33,22 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
             continue
         if module.bias is not None and module.bias.requires_grad:
             continue
-        module.weight.data = module.weight.data.to(dtype)
-        if module.bias is not None:
-            module.bias.data = module.bias.data.to(dtype)
+        for param in (module.weight, module.bias):
+            if param is not None:
+                param.data = param.data.to(dtype)
+                cast.add(id(param))
         count += 1
     if count:
-        _own_frozen_tensors(model)
+        _own_frozen_tensors(model, skip=cast)
     return count
 
 
-def _own_frozen_tensors(model: nn.Module) -> None:
+def _own_frozen_tensors(model: nn.Module, skip: set[int]) -> None:
     """Copy every frozen floating-point parameter and buffer of ``model`` on the CPU into
-    memory of its own, so no tensor keeps the weights file mapped (trainable ones are left:
-    the optimizer writes them, which copies their pages anyway)."""
-    seen: set[int] = set()
+    memory of its own, so no tensor keeps the weights file mapped (``skip``: the ids of those
+    just cast, new already; trainable ones are left: the optimizer writes them, which copies
+    their pages anyway)."""
+    seen = set(skip)
     for module in model.modules():
         tensors = [p for p in module.parameters(recurse=False) if type(p) is nn.Parameter]
         tensors += [b for b in module.buffers(recurse=False) if b is not None]

@@ -37,8 +37,8 @@ def speed_parts(module: Any) -> dict[str, str]:
     return {
         "sliced_loss": _state(_decided(calls, "sliced_loss", plan.sliced_loss) if causal else None),
         "head_loss": _state(_decided(calls, "head_in_loss", plan.head_loss) if causal else None),
-        "recompute_activation": f"{getattr(module, 'recomputed_mlps', 0)} gated MLPs",
-        "frozen_bf16": f"{getattr(module, 'frozen_cast', 0)} linears",
+        "recompute_activation": f"{module.installed.recomputed_mlps} gated MLPs",
+        "frozen_bf16": f"{module.installed.frozen_cast} linears",
         "grouped_kv": _state(plan.grouped_kv),
         "attention_kernel": kernel or "torch's choice",
         "share_prefix": _state(getattr(calls, "share_in_training", False) if causal else None),

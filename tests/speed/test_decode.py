@@ -177,8 +177,8 @@ def test_merged_lora_is_undone_when_the_block_fails(tiny_chat_llama) -> None:
 
 
 def test_trained_adapters_over_bf16_weights_stay_unmerged(tiny_chat_llama) -> None:
-    """Frozen weights kept in bf16 (``frozen_cast``): folding would round most of the adapter's
-    update away, so their trained adapters keep running beside the weights."""
+    """Frozen weights kept in bf16 (``installed.frozen_cast``): folding would round most of
+    the adapter's update away, so their trained adapters keep running beside the weights."""
     model = _lora(AutoModelForCausalLM.from_pretrained(tiny_chat_llama).float())
     layers = _lora_layers(model)
     for layer in layers[:2]:
