@@ -31,9 +31,11 @@ from ftlight.logs import PHASES, quiet_libraries, timed
 from ftlight.module import FineTuneModule
 from ftlight.preemption import Preemption, on_slurm
 from ftlight.redact import redact
+from ftlight.resume import before_key
 from ftlight.speed.plan import SpeedPlan
 from ftlight.strategies.registry import check_strategy
 from ftlight.validate import check_config, check_run
+from ftlight.validate.run import checkpoint_file
 from ftlight.validate.sanity import check_before_weights
 
 log = logging.getLogger("ftlight")
@@ -72,6 +74,10 @@ class Parts:
     evaluation: Evaluation
     #: the checkpoint the fit resumes from (``ckpt_path``, resolved), or None
     ckpt_path: str | None
+    #: the local checkpoint file that resume reads, where it is known before the fit
+    ckpt_file: str | None
+    #: what the scores before training depend on (``ftlight.resume.before_key``)
+    before_key: str
 
 
 @dataclass
@@ -131,6 +137,8 @@ def build_parts(cfg: DictConfig, label_names: Sequence[str] | None = None) -> Pa
         fingerprint,
         evaluation,
         ckpt,
+        checkpoint_file(cfg),
+        before_key(cfg),
     )
 
 

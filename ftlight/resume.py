@@ -94,7 +94,7 @@ def _reason(err: BaseException) -> str:
 
 
 # -- scores before training ------------------------------------------------------------------
-def _before_key(cfg: DictConfig) -> str:
+def before_key(cfg: DictConfig) -> str:
     """A hash of what the scores before training depend on, besides the model and data
     (which a resume has already checked against its checkpoint)."""
     settings = {
@@ -105,24 +105,25 @@ def _before_key(cfg: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def kept_before(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+def kept_before(key: str, run_dir: Path) -> dict[str, Any] | None:
     """The scores before training kept by an earlier attempt of this run (``before`` and
-    ``few_shot``), if they were measured with the same settings."""
+    ``few_shot``), if they were measured with the same settings (``key``: ``before_key``)."""
     path = Path(run_dir) / BEFORE_FILE
     try:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(kept, dict) or kept.get("settings") != _before_key(cfg):
+    if not isinstance(kept, dict) or kept.get("settings") != key:
         return None
     return kept
 
 
 def keep_before(
-    cfg: DictConfig, run_dir: Path, before: dict[str, float], few_shot: dict[str, Any]
+    key: str, run_dir: Path, before: dict[str, float], few_shot: dict[str, Any] | None
 ) -> None:
-    """Keep the scores before training for a later attempt of this run (rank 0)."""
-    payload = {"settings": _before_key(cfg), "before": before, "few_shot": few_shot}
+    """Keep the scores before training for a later attempt of this run (rank 0), under the
+    settings they were measured with (``key``: ``before_key``)."""
+    payload = {"settings": key, "before": before, "few_shot": few_shot}
     atomic_write_text(Path(run_dir) / BEFORE_FILE, json.dumps(payload, indent=2) + "\n")
 
 

@@ -33,7 +33,6 @@ from ftlight.logs import timed
 from ftlight.preemption import find_preemption, stop_on_signal
 from ftlight.resume import checkpoint_step, keep_before, kept_before, resolve_ckpt_path
 from ftlight.runfolder import claim_run_folder, is_launching_process, resumes_in
-from ftlight.validate.run import checkpoint_file
 from ftlight.validate.sanity import moved, unchanged_loss_warning, untrained_message
 from hydra_plugins.ftlight_slurm import _launcher as slurm_launcher
 
@@ -136,14 +135,14 @@ def _scores_before(run: Run) -> tuple[dict[str, Any] | None, dict]:
     an earlier attempt of this run when it resumes in its own folder."""
     ev = run.evaluation
     if run.ckpt_path and resumes_in(run.run_dir, run.ckpt_path):
-        kept = kept_before(run.cfg, run.run_dir)
+        kept = kept_before(run.before_key, run.run_dir)
         if kept is not None:
             log.info("scores before training: kept by this run's first attempt")
             return kept.get("few_shot"), kept.get("before") or {}
     few_shot = ev.few_shot_scores(run)  # the prompted base
     before = _scores(run, "before") if ev.before else {}
     if is_launching_process():
-        keep_before(run.cfg, run.run_dir, before, few_shot)
+        keep_before(run.before_key, run.run_dir, before, few_shot)
     return few_shot, before
 
 
@@ -153,7 +152,7 @@ def _continue_logs(run: Run) -> None:
     ckpt = run.ckpt_path
     if not ckpt:
         step = None
-    elif (file := checkpoint_file(run.cfg)) is not None:
+    elif (file := run.ckpt_file) is not None:
         step = checkpoint_step(Path(file))
     else:  # remote or resolved by Lightning itself: keep every row
         step = math.inf
