@@ -57,7 +57,9 @@ def test_bad_generation_budget_is_a_config_error(bad) -> None:
 # -- the training loss -------------------------------------------------------------------
 
 
-def _batch(tokenizer, packed: bool = False) -> dict[str, torch.Tensor]:
+def _batch(
+    tokenizer, packed: bool = False, multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
     pairs = [
         ("Name the colour: the cat is red.", "red"),
         ("Which is bigger, 3 or 7? Answer in a sentence.", "7 is bigger than 3."),
@@ -72,7 +74,7 @@ def _batch(tokenizer, packed: bool = False) -> dict[str, torch.Tensor]:
         total = sum(len(r["input_ids"]) for r in rows)
         batch = PackCollator(total, tokenizer.pad_token_id)([rows[:2], rows[2:]])
     else:
-        batch = PadCollator(tokenizer.pad_token_id)(rows)
+        batch = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple_of)(rows)
     return {k: v for k, v in batch.items() if k != "num_tokens"}
 
 
@@ -115,6 +117,26 @@ def test_sliced_loss_equals_the_models_own_loss_and_gradients(tiny_lm, packed: b
     assert got.keys() == want.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "speed-parts"])
+def test_padding_to_a_multiple_changes_no_loss_or_gradient(tiny_lm, fast: bool) -> None:
+    """``data.pad_to_multiple_of``: the extra padding is masked and unlabelled, so the step
+    computes what the batch padded to its longest row does (to summation order)."""
+    model, tok = tiny_lm
+    results = []
+    for multiple_of in (None, 16):
+        batch = _batch(tok, multiple_of=multiple_of)
+        task = _fast(CausalLMTask()) if fast else CausalLMTask()
+        model.zero_grad()
+        loss = task.training_loss(model, batch)
+        loss.backward()
+        results.append((batch["input_ids"].shape[1], loss.detach(), _grads(model)))
+    (longest, loss, grads), (padded, loss16, grads16) = results
+    assert longest % 16 and padded % 16 == 0 and padded > longest  # the padding is real
+    torch.testing.assert_close(loss16, loss, rtol=1e-6, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads16[name], grads[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("limit", [None, 1, 40], ids=["one-group", "row-by-row", "groups"])

@@ -40,6 +40,7 @@ class PadCollator:
         padding_side: str = "right",
         pad_to_multiple_of: int | None = None,
         label_pad: int = IGNORE_INDEX,
+        max_length: int | None = None,
     ) -> None:
         _check_pad_id(pad_token_id)
         if padding_side not in ("right", "left"):
@@ -50,12 +51,16 @@ class PadCollator:
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
         self.label_pad = label_pad
+        self.max_length = max_length  # rounding up stops here (the longest row may not)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Return input_ids, attention_mask, labels (and token_type_ids) as tensors."""
         if not rows:
             raise ValueError("PadCollator got an empty batch")
-        length = _round_up(max(len(row["input_ids"]) for row in rows), self.pad_to_multiple_of)
+        longest = max(len(row["input_ids"]) for row in rows)
+        length = _round_up(longest, self.pad_to_multiple_of)
+        if self.max_length is not None:
+            length = max(longest, min(length, self.max_length))
         batch = {
             "input_ids": self._pad([row["input_ids"] for row in rows], self.pad_token_id, length),
             "attention_mask": self._pad([[1] * len(row["input_ids"]) for row in rows], 0, length),

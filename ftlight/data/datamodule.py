@@ -47,6 +47,7 @@ class FineTuneData(L.LightningDataModule):
         seed: int = 0,
         packing: bool = False,
         group_by_length: bool = True,
+        pad_to_multiple_of: int | None = None,
         num_workers: int = 0,
         label_names: list[str] | None = None,
         cache_tokenized: bool = True,
@@ -67,6 +68,14 @@ class FineTuneData(L.LightningDataModule):
         self.seed = seed
         self.packing = packing
         self.group_by_length = group_by_length
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ConfigError(
+                f"data.pad_to_multiple_of={pad_to_multiple_of} must be at least 1, or null to pad "
+                "each batch to its longest row"
+            )
+        self.pad_to_multiple_of = pad_to_multiple_of
+        #: the model's position limit, once a run has read it (``ftlight.validate.check_run``)
+        self.position_limit: int | None = None
         self.num_workers = num_workers
         self.label_names = [str(x) for x in label_names] if label_names else None
         if self.label_names:
@@ -229,6 +238,8 @@ class FineTuneData(L.LightningDataModule):
             rank=rank,
             num_workers=self.num_workers,
             progress=self._batches_done,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            pad_limit=min(filter(None, (self.max_length, self.position_limit)), default=None),
         )
 
     def _batches_done(self) -> int:

@@ -30,11 +30,15 @@ def train_loader(
     rank: int,
     num_workers: int,
     progress: Callable[[], int],
+    pad_to_multiple_of: int | None = None,
+    pad_limit: int | None = None,
 ) -> DataLoader:
     """Length-grouped (or packed) batches with dynamic padding, sharded across ranks.
 
     ``packing`` packs rows into ``max_length`` tokens; ``progress`` gives the batches already
-    done, which a resumed run skips."""
+    done, which a resumed run skips; ``pad_to_multiple_of`` rounds each padded batch's length
+    up (not past ``pad_limit``: ``max_length`` or the model's positions), so that the steps
+    take a few shapes rather than one per length."""
     if packing:
         if not max_length:
             raise ConfigError("data.packing=true needs data.max_length (the packed row size)")
@@ -45,7 +49,7 @@ def train_loader(
     else:
         items = rows
         lengths = [len(r["input_ids"]) for r in rows]
-        collate = PadCollator(pad_id)
+        collate = PadCollator(pad_id, pad_to_multiple_of=pad_to_multiple_of, max_length=pad_limit)
     if group_by_length:
         sampler: Any = LengthGroupedBatchSampler(
             lengths,

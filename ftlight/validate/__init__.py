@@ -28,7 +28,7 @@ from ftlight.validate.options import (
     check_values,
     looks_like_path,
 )
-from ftlight.validate.positions import check_generation
+from ftlight.validate.positions import check_generation, position_limit
 from ftlight.validate.run import (
     CKPT_CHECKS,
     check_positions,
@@ -75,6 +75,8 @@ def check_run(cfg: DictConfig, source: Any, data: Any, strategy: Any = None) -> 
     config = read_json(folder / "config.json") if folder and folder.is_dir() else None
     if config:
         check_positions(cfg, data, config, f"in {folder / 'config.json'}")
+        if (limit := position_limit(config)) is not None and hasattr(data, "position_limit"):
+            data.position_limit = limit[0]  # padding to a multiple rounds up no further
         check_generation(cfg, data, config, f"in {folder / 'config.json'}")
         check_strategy_fits(strategy, config, data.task)
     fingerprint = {

@@ -73,6 +73,7 @@ RANGES: dict[str, tuple[Range, str]] = {
     "data.max_length": (_INT1_OR_NULL, "1024"),
     "data.val_fraction": (Range(0, 1, low_open=True, high_open=True), "0.1"),
     "data.max_eval_samples": (_INT1_OR_NULL, "200"),
+    "data.pad_to_multiple_of": (_INT1_OR_NULL, "8"),
     "data.num_workers": (_INT0, "2"),
     "data.train_size": (_INT1, "700"),
     "data.val_size": (_INT0, "50"),

@@ -39,6 +39,15 @@ def test_pad_left_and_multiple_of():
     assert batch["labels"].tolist() == [[-1, IGNORE, 2, 3], [-1, -1, -1, 4]]
 
 
+def test_multiple_of_stops_at_max_length():
+    """Rounding up never pads past ``max_length`` (the model's limit may be there); a row
+    longer than that keeps its length."""
+    rows = [{"input_ids": list(range(1, 10)), "labels": list(range(1, 10))}]
+    assert PadCollator(0, pad_to_multiple_of=8)(rows)["input_ids"].shape == (1, 16)
+    assert PadCollator(0, pad_to_multiple_of=8, max_length=12)(rows)["input_ids"].shape == (1, 12)
+    assert PadCollator(0, pad_to_multiple_of=8, max_length=6)(rows)["input_ids"].shape == (1, 9)
+
+
 def test_pad_classification_with_token_type_ids():
     rows = [
         {"input_ids": [5, 6], "label": 2, "token_type_ids": [0, 1]},
