@@ -16,6 +16,7 @@ from ftlight.evaluation.report import model_card
 from ftlight.files import atomic_dir
 from ftlight.logs import timed
 from ftlight.redact import redacted_yaml
+from ftlight.speed.allocator import release_free_memory
 
 log = logging.getLogger("ftlight")
 
@@ -59,7 +60,9 @@ def trained_model(run: Any) -> nn.Module | None:
     FSDP2-sharded weights are gathered (a collective: every rank calls this); when frozen
     weights were kept in bf16 for speed, the base is reloaded in full precision and the trained
     tensors are put back on it. That reloaded model takes the trained one's place in the run's
-    module (which then holds what was exported), so the two are never in memory together.
+    module (which then holds what was exported), so the two are never in memory together; what
+    the malloc holds free goes back to the kernel first, so that the reloaded weights do not
+    come on top of what training and evaluation left.
     """
     module, strategy = run.module, run.strategy
     model = module.model
@@ -76,6 +79,7 @@ def trained_model(run: Any) -> nn.Module | None:
         module.model = None
         del model
         gc.collect()
+        release_free_memory()
     fresh = strategy.apply(run.source.load(run.task.auto_class(), **run.load_kwargs), run.task)
     if module.sharded:
         fresh.load_state_dict(state)

@@ -33,6 +33,7 @@ from ftlight.logs import timed
 from ftlight.preemption import find_preemption, stop_on_signal
 from ftlight.resume import checkpoint_step, keep_before, kept_before, resolve_ckpt_path
 from ftlight.runfolder import claim_run_folder, is_launching_process, resumes_in
+from ftlight.speed.allocator import release_free_memory
 from ftlight.validate.sanity import moved, unchanged_loss_warning, untrained_message
 from hydra_plugins.ftlight_slurm import _launcher as slurm_launcher
 
@@ -67,9 +68,11 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         _continue_logs(run)
         with stop_on_signal(run.trainer, run.run_dir):
             few_shot, before = _scores_before(run)
+            release_free_memory()  # each phase's peak is its own (ftlight.speed.allocator)
             seconds = _fit(run)
             best = load_best(run.trainer, run.module) if ev.best else None
             after = _scores(run, "after") if ev.after else {}
+            release_free_memory()
         summary = run_summary(run, before, after, seconds, few_shot)
         summary["train"]["world_size"] = run.trainer.world_size  # the processes that trained
         trained = _check_trained(run, summary, best)  # a collective under FSDP2
@@ -195,6 +198,7 @@ def _release_optimizer_state(trainer: L.Trainer) -> None:
     for optimizer in trainer.optimizers:
         optimizer.state.clear()
         optimizer.zero_grad(set_to_none=True)
+    release_free_memory()
 
 
 def _after_eval_repeats_fit_validation(trainer: L.Trainer, ev: Evaluation) -> bool:

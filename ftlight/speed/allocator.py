@@ -9,9 +9,13 @@ themselves once with the library in ``LD_PRELOAD``, as PyTorch's own CPU launche
 
 tcmalloc and jemalloc are system packages. Where neither is installed, ftlight uses mimalloc
 from its ``cmeel-mimalloc`` dependency (a wheel on Linux x86-64 and aarch64), with freed
-memory kept for reuse rather than handed back to the kernel (``MIMALLOC_PURGE_DELAY=-1``):
-mimalloc's default purging re-faulted the training step's buffers every step and was slower
-than glibc's malloc (benchmarks/README.md).
+memory kept for reuse for an hour rather than handed back to the kernel after a few
+milliseconds (``MIMALLOC_PURGE_DELAY``): mimalloc's default purging re-faulted the training
+step's buffers every step and was slower than glibc's malloc (benchmarks/README.md).
+
+Between the phases of a run (evaluation, training, export), whose buffers differ in size,
+``release_free_memory`` hands what the malloc holds free back to the kernel, so that a phase's
+peak is its own rather than its own on top of what the phases before it left.
 
 ``FTLIGHT_ALLOCATOR`` controls it: ``auto`` (default) uses the first library found, ``system``
 keeps the C library's malloc, and a path preloads that file. Without it, ``speed=plain`` or
@@ -20,6 +24,7 @@ keeps the C library's malloc, and a path preloads that file. Without it, ``speed
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import os
 import sys
@@ -36,9 +41,10 @@ LIBRARIES = (  # in order of preference: tcmalloc was the fastest here, for trai
 BUNDLED = ("cmeel-mimalloc", "libmimalloc.so")
 """The distribution that ships a malloc library with ftlight, and the library's file name."""
 SETTINGS: dict[str, dict[str, str]] = {
-    # kept for reuse, not returned to the kernel: each training step frees and reallocates
-    # the same buffers, and purging them made every step fault them in again
-    "mimalloc": {"MIMALLOC_PURGE_DELAY": "-1"},
+    # kept for reuse for an hour, not purged after a few milliseconds: each training step
+    # frees and reallocates the same buffers, and purging them made every step fault them in
+    # again; a finite delay (unlike -1) lets ``release_free_memory`` hand them back at once
+    "mimalloc": {"MIMALLOC_PURGE_DELAY": "3600000"},
 }
 """Environment settings per library, applied unless the user set them."""
 
@@ -167,3 +173,24 @@ def use_fast_allocator(dirs: list[Path] | None = None, *, bundled: bool = True) 
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
+
+
+def release_free_memory() -> str | None:
+    """Hand the memory this process's malloc holds free back to the kernel (Linux); the call
+    that did it, or None where no known malloc is loaded. Each library keeps freed memory for
+    reuse, which is right within a phase and wrong between phases of different shapes."""
+    if not sys.platform.startswith("linux"):
+        return None
+    process = ctypes.CDLL(None)
+    calls = (  # the preloaded library's own call first: glibc's malloc_trim is always there
+        ("mi_collect", (ctypes.c_bool(True),)),  # mimalloc: force collection and purging
+        ("MallocExtension_ReleaseFreeMemory", ()),  # tcmalloc
+        ("mallctl", (b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))),  # jemalloc
+        ("malloc_trim", (ctypes.c_size_t(0),)),  # glibc
+    )
+    for name, args in calls:
+        function = getattr(process, name, None)
+        if function is not None:
+            function(*args)
+            return name
+    return None

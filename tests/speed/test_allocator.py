@@ -129,7 +129,7 @@ def test_mimalloc_keeps_freed_memory_unless_the_user_says_otherwise(
 ) -> None:
     mi = _stand_in_bundled(tmp_path, monkeypatch)
     _, env = allocator.preload_command({}, [tmp_path])
-    assert env["LD_PRELOAD"] == str(mi) and env["MIMALLOC_PURGE_DELAY"] == "-1"
+    assert env["LD_PRELOAD"] == str(mi) and env["MIMALLOC_PURGE_DELAY"] == "3600000"
     _, env = allocator.preload_command({"MIMALLOC_PURGE_DELAY": "10"}, [tmp_path])
     assert env["MIMALLOC_PURGE_DELAY"] == "10"
     # tcmalloc/jemalloc get no mimalloc settings
@@ -246,7 +246,58 @@ def test_the_restarted_process_runs_on_mimalloc_with_its_settings() -> None:
         timeout=120,
     )
     assert int(out.stdout.strip()) > 0
-    assert "option 'purge_delay': -1" in out.stderr
+    assert "option 'purge_delay': 3600000" in out.stderr
+
+
+_RELEASE = (
+    "import ctypes, sys\n"
+    "from pathlib import Path\n"
+    "from ftlight.speed.allocator import release_free_memory, use_fast_allocator\n"
+    "if sys.argv[1] == 'mimalloc':\n"
+    "    use_fast_allocator([Path('/nonexistent')])\n"
+    "def anon():\n"
+    "    status = open('/proc/self/status').read()\n"
+    "    return int(status.split('RssAnon:')[1].split()[0]) // 1024\n"
+    "libc = ctypes.CDLL(None)\n"
+    "libc.malloc.restype = libc.memset.restype = ctypes.c_void_p\n"
+    "sizes = [300_000 + 4096 * (i % 7) for i in range(3000)]\n"
+    "blocks = [libc.malloc(n) for n in sizes]\n"
+    "for block, n in zip(blocks, sizes):\n"
+    "    libc.memset(ctypes.c_void_p(block), 1, n)\n"
+    "held = anon()\n"
+    "for block in blocks:\n"
+    "    libc.free(ctypes.c_void_p(block))\n"
+    "freed = anon()\n"
+    "print(held, freed, release_free_memory(), anon())\n"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize(
+    "malloc",
+    [pytest.param("mimalloc", marks=NEEDS_BUNDLED), "glibc"],
+)
+def test_free_memory_goes_back_to_the_kernel_between_phases(malloc: str) -> None:
+    """Freed blocks stay with the malloc (mimalloc keeps them for reuse; glibc keeps many of
+    this size pattern too) until ``release_free_memory`` hands them back."""
+    skip = ("LD_PRELOAD", "FTLIGHT_ALLOCATOR", "MIMALLOC_", "PROBE_DIR")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+    if malloc == "glibc":
+        env["FTLIGHT_ALLOCATOR"] = "system"
+    out = subprocess.run(
+        [sys.executable, "-c", _RELEASE, malloc],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    held, freed, call, after = out.stdout.split()
+    assert call == ("mi_collect" if malloc == "mimalloc" else "malloc_trim")
+    assert int(held) > 600  # MB written
+    if malloc == "mimalloc":
+        assert int(freed) > 600  # kept for reuse (the purge delay), until released
+    assert int(after) < 100
 
 
 def test_the_log_line_names_the_library_or_says_how_to_get_one(
