@@ -32,7 +32,8 @@ def _round_up(length: int, multiple: int | None) -> int:
 
 
 class PadCollator:
-    """Pad rows to the longest row in the batch and build attention masks."""
+    """Pad rows to the longest row in the batch (rounded up to ``pad_to_multiple_of``, not past
+    ``max_length``) and build attention masks."""
 
     def __init__(
         self,
