@@ -115,15 +115,17 @@ def _fit(helpers, tmp_path, *extra: str) -> tuple[KernelProbe, Any]:
 def test_auto_takes_math_for_short_bf16_rows_and_trains_like_torch(
     helpers, tmp_path, monkeypatch
 ) -> None:
-    # the fixture's batches are 75-80 tokens long: a limit between them gives both kinds
+    # the fixture's batches are 75-80 tokens long (each padded to its longest row): a limit
+    # between them gives both kinds
     limit = 78
+    longest = "data.pad_to_multiple_of=null"
     monkeypatch.setattr(ftlight.speed.attention, "MATH_MAX_LENGTH", limit)
-    auto, auto_run = _fit(helpers, tmp_path / "auto", "speed.attention_kernel=auto")
+    auto, auto_run = _fit(helpers, tmp_path / "auto", "speed.attention_kernel=auto", longest)
     lengths = {length for length, _ in auto.calls}
     assert min(lengths) <= limit < max(lengths), lengths
     for length, math_only in auto.calls:
         assert math_only == (length <= limit), length
-    torch_, torch_run = _fit(helpers, tmp_path / "torch", "speed.attention_kernel=torch")
+    torch_, torch_run = _fit(helpers, tmp_path / "torch", "speed.attention_kernel=torch", longest)
     assert not any(math_only for _, math_only in torch_.calls)
     assert [length for length, _ in torch_.calls] == [length for length, _ in auto.calls]
     assert auto_run.losses == pytest.approx(torch_run.losses, rel=2e-2)
