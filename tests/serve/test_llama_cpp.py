@@ -77,9 +77,12 @@ def test_smollm2_demo_run_scores_the_same_through_llama_cpp(tmp_path: Path) -> N
     f16 = metrics["export"]["gguf"]["f16"]
     q8 = metrics["export"]["ollama"]["q8_0"]
     assert f16["rows"] == q8["rows"] == 50
-    assert f16["agree"] >= 48, f16
-    # ``after`` is a float32 mean (0.88 reads 0.8799999952)
-    assert abs(q8["exact_match"] - after) <= 0.02 + 1e-6, (q8, after)
+    for gguf in (f16, q8):
+        assert gguf["agree"] >= 48, gguf
+        # a score can differ only by the rows whose answers differ (``after`` is a float32
+        # mean: 0.88 reads 0.8799999952)
+        differ = (gguf["rows"] - gguf["agree"]) / gguf["rows"]
+        assert abs(gguf["exact_match"] - after) <= differ + 1e-6, (gguf, after)
     print(f"after {after:.4f}; f16 {f16}; q8_0 {q8}")
     modelfile = (run / "export" / "ollama" / "Modelfile").read_text()
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
