@@ -18,6 +18,7 @@ from ftlight.resume import rank_rng_states, restore_rng_state, rng_state_of_rank
 from ftlight.speed.attention import attention_kernel, check_kernel, grouped_kv, step_kernel
 from ftlight.speed.calls import model_calls
 from ftlight.speed.install import Installed, install_model_parts
+from ftlight.speed.kernel_cache import bound_kernel_caches
 from ftlight.speed.plan import SpeedPlan
 from ftlight.speed.report import speed_line
 from ftlight.strategies.base import Strategy
@@ -57,6 +58,7 @@ class FineTuneModule(L.LightningModule):
         self.fingerprint = dict(fingerprint or {})
         self.speed = speed = speed or SpeedPlan()
         self.kernel_setting = check_kernel(speed.attention_kernel)
+        bound_kernel_caches(speed.kernel_cache)  # train() set it first; a module built alone
         if self.kernel_setting == "auto" and speed.compile:
             self.kernel_setting = "torch"  # compiled blocks are traced under PyTorch's choice
         self._step_kernel: str | None = None  # this step's choice, kept for its backward

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ftlight.best import load_best, stopping_summary, watches_validation
 from ftlight.build import Run, build_run
@@ -34,6 +34,8 @@ from ftlight.preemption import find_preemption, stop_on_signal
 from ftlight.resume import checkpoint_step, keep_before, kept_before, resolve_ckpt_path
 from ftlight.runfolder import claim_run_folder, is_launching_process, resumes_in
 from ftlight.speed.allocator import release_free_memory
+from ftlight.speed.kernel_cache import bound_kernel_caches
+from ftlight.speed.plan import SpeedPlan
 from ftlight.validate.sanity import moved, unchanged_loss_warning, untrained_message
 from hydra_plugins.ftlight_slurm import _launcher as slurm_launcher
 
@@ -60,6 +62,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
 
     ``ckpt_path=auto`` resumes from the run folder's newest checkpoint, if it has one.
     """
+    # before the precision's measurement builds this process's first bf16 kernels
+    bound_kernel_caches(OmegaConf.select(cfg, "speed.kernel_cache", default=SpeedPlan.kernel_cache))
     cfg = resolve_ckpt_path(cfg)
     with claim_run_folder(cfg):
         L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -149,6 +149,9 @@ CASES: dict[str, Case] = {
         C,
         ("speed.attention_kernel='fast'", "auto, torch, math, flash"),
     ),
+    "kernel-cache": Case(
+        ("speed.kernel_cache=0",), C, ("speed.kernel_cache=0 must be", "speed.kernel_cache=256")
+    ),
     "model-dtype": Case(
         ("model=hf", "model.name_or_path={tiny}", "model.dtype=float8"),
         C,

@@ -80,8 +80,9 @@ class SpeedPlan:
     """The run's speed switches (``conf/speed/auto.yaml``; ``PARTS`` says what each does).
 
     ``attention_kernel`` picks the training steps' attention kernel (``torch``: PyTorch's own
-    choice); ``activation_checkpointing`` and ``compile`` trade speed for memory and are off
-    by default.
+    choice); ``kernel_cache`` bounds how many CPU matmul kernels oneDNN and ideep keep
+    (``ftlight.speed.kernel_cache``; None: their default, 1,024 each);
+    ``activation_checkpointing`` and ``compile`` trade speed for memory and are off by default.
     """
 
     frozen_bf16: bool = True
@@ -96,6 +97,7 @@ class SpeedPlan:
     lora_fused: bool = True
     malloc: bool = True
     attention_kernel: str = "auto"
+    kernel_cache: int | None = 256
     activation_checkpointing: bool = False
     compile: bool = False
 
@@ -120,4 +122,4 @@ SWITCHES = tuple(field.name for field in dataclasses.fields(SpeedPlan))
 
 
 #: every part off: the reference path (``speed=plain``)
-PLAIN = SpeedPlan(**dict.fromkeys(PARTS, False), attention_kernel="torch")
+PLAIN = SpeedPlan(**dict.fromkeys(PARTS, False), attention_kernel="torch", kernel_cache=None)

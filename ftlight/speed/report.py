@@ -7,10 +7,12 @@ user who brings another architecture sees which ones it kept and which it fell b
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ftlight.speed import cascade
 from ftlight.speed.decode import can_decode
+from ftlight.speed.kernel_cache import VARIABLES
 
 
 def _state(value: bool | None) -> str:
@@ -23,6 +25,16 @@ def _decided(calls: Any, name: str, allowed: bool) -> bool | None:
     if not allowed:
         return False
     return getattr(calls, name, None)
+
+
+def cached_kernels() -> str:
+    """The CPU kernel caches' capacity in the environment (``speed.kernel_cache``)."""
+    values = [os.environ.get(name, "1024 (default)") for name in VARIABLES]
+    if len(set(values)) == 1:
+        return f"{values[0].removesuffix(' (default)')} kernels" + (
+            " (the libraries' default)" if values[0].endswith("(default)") else ""
+        )
+    return ", ".join(f"{name}={value}" for name, value in zip(VARIABLES, values, strict=True))
 
 
 def speed_parts(module: Any) -> dict[str, str]:
@@ -41,6 +53,7 @@ def speed_parts(module: Any) -> dict[str, str]:
         "frozen_bf16": f"{module.installed.frozen_cast} linears",
         "grouped_kv": _state(plan.grouped_kv),
         "attention_kernel": kernel or "torch's choice",
+        "kernel_cache": cached_kernels(),
         "share_prefix": _state(getattr(calls, "share_in_training", False) if causal else None),
         "shared_opening_in_eval": _state(
             plan.shared_opening and cascade.supports(model) if causal else None

@@ -75,6 +75,7 @@ RANGES: dict[str, tuple[Range, str]] = {
     "data.max_eval_samples": (_INT1_OR_NULL, "200"),
     "data.pad_to_multiple_of": (_INT1_OR_NULL, "8"),
     "data.num_workers": (_INT0, "2"),
+    "speed.kernel_cache": (_INT1_OR_NULL, "256"),
     "data.train_size": (_INT1, "700"),
     "data.val_size": (_INT0, "50"),
     "data.test_size": (_INT0, "50"),
@@ -110,7 +111,7 @@ PRECISIONS = (
 """Lightning's ``trainer.precision`` values (16, 32 and 64 may be given as numbers)."""
 
 BOOLEANS = (
-    *(f"speed.{name}" for name in SWITCHES if name != "attention_kernel"),
+    *(f"speed.{name}" for name in SWITCHES if name not in ("attention_kernel", "kernel_cache")),
     "eval.before",
     "eval.after",
     "eval.generate_during_fit",

@@ -103,7 +103,9 @@ def _compare(name: str, strategy: str, tmp_path: Path) -> tuple[dict, dict]:
     auto = _run(setup, ["speed=auto"], tmp_path / "auto", extra)
     plain = _run(setup, ["speed=plain"], tmp_path / "plain", extra)
     _same(auto, plain)
-    assert set(plain["speed"].values()) <= {"off", "0 gated MLPs", "0 linears", "n/a"} | {
+    # the kernel caches' capacity is the process's, set by the auto run before this one
+    parts = {k: v for k, v in plain["speed"].items() if k != "kernel_cache"}
+    assert set(parts.values()) <= {"off", "0 gated MLPs", "0 linears", "n/a"} | {
         "torch's choice",
         "model.generate",
     }

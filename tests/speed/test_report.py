@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from ftlight import testing
+from ftlight.speed import kernel_cache
 from ftlight.speed.report import speed_line, speed_parts
 
 
@@ -14,7 +15,11 @@ from ftlight.speed.report import speed_line, speed_parts
     ("setup", "model", "decode"),
     [("tiny-llama", "LlamaForCausalLM", "cached greedy"), ("tiny-bert", "BertFor", "n/a")],
 )
-def test_the_line_names_the_model_and_each_part(setup, model, decode, tmp_path, caplog) -> None:
+def test_the_line_names_the_model_and_each_part(
+    setup, model, decode, tmp_path, caplog, monkeypatch
+) -> None:
+    for name in kernel_cache.VARIABLES:  # as a fresh process has them
+        monkeypatch.delenv(name, raising=False)
     cfg = testing.compose_config(
         ["strategy=lora", *testing.QUICK_FIT, "trainer.max_steps=2"], tmp_path, setup
     )
@@ -26,6 +31,7 @@ def test_the_line_names_the_model_and_each_part(setup, model, decode, tmp_path, 
     assert f"speed parts on {model}" in lines[0]  # the base model's class, not peft's wrapper
     parts = speed_parts(run.module)
     assert parts["decode"] == decode
+    assert parts["kernel_cache"] == "256 kernels"  # speed.kernel_cache, set by the run
     assert set(parts) == {
         "sliced_loss",
         "head_loss",
@@ -33,6 +39,7 @@ def test_the_line_names_the_model_and_each_part(setup, model, decode, tmp_path, 
         "frozen_bf16",
         "grouped_kv",
         "attention_kernel",
+        "kernel_cache",
         "share_prefix",
         "shared_opening_in_eval",
         "decode",
@@ -44,8 +51,10 @@ def test_the_line_names_the_model_and_each_part(setup, model, decode, tmp_path, 
         assert parts["share_prefix"] == parts["shared_opening_in_eval"] == "n/a"
 
 
-def test_plain_says_every_part_is_off(tmp_path, caplog) -> None:
+def test_plain_says_every_part_is_off(tmp_path, caplog, monkeypatch) -> None:
     """``speed=plain``: the line shows each part off, whatever the model could take."""
+    for name in kernel_cache.VARIABLES:  # as a fresh process has them
+        monkeypatch.delenv(name, raising=False)
     cfg = testing.compose_config(
         ["strategy=lora", "speed=plain", *testing.QUICK_FIT, "trainer.max_steps=2"],
         tmp_path,
@@ -60,6 +69,7 @@ def test_plain_says_every_part_is_off(tmp_path, caplog) -> None:
         "frozen_bf16": "0 linears",
         "grouped_kv": "off",
         "attention_kernel": "torch's choice",
+        "kernel_cache": "1024 kernels (the libraries' default)",
         "share_prefix": "off",
         "shared_opening_in_eval": "off",
         "decode": "model.generate",
