@@ -29,12 +29,14 @@ def _decided(calls: Any, name: str, allowed: bool) -> bool | None:
 
 def cached_kernels() -> str:
     """The CPU kernel caches' capacity in the environment (``speed.kernel_cache``)."""
-    values = [os.environ.get(name, "1024 (default)") for name in VARIABLES]
-    if len(set(values)) == 1:
-        return f"{values[0].removesuffix(' (default)')} kernels" + (
-            " (the libraries' default)" if values[0].endswith("(default)") else ""
+    values = [os.environ.get(name) for name in VARIABLES]
+    if values[0] == values[1]:
+        return (
+            "1024 kernels (the libraries' default)" if values[0] is None else f"{values[0]} kernels"
         )
-    return ", ".join(f"{name}={value}" for name, value in zip(VARIABLES, values, strict=True))
+    return ", ".join(
+        f"{name}={value or 'default'}" for name, value in zip(VARIABLES, values, strict=True)
+    )
 
 
 def speed_parts(module: Any) -> dict[str, str]:
